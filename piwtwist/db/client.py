@@ -1,0 +1,306 @@
+"""The master's view of the database: one ``async`` method per SQL function.
+
+Every method calls exactly one function of ``sql/create_piwheels.sql`` (the
+master's role may do nothing else) and turns its rows into the plain values
+of :mod:`piwtwist.db.records`.
+"""
+
+import json
+from datetime import timezone
+
+import attrs
+
+from .records import (
+    Alias, Build, BuildAbi, BuildFile, Dependency, ProjectFile,
+    ProjectVersion, QueueEntry, RewritePending, SearchEntry, Statistics,
+)
+
+# Build logs are full of terminal escapes and the odd NUL byte, which
+# PostgreSQL's text type cannot hold at all.
+_CONTROL_CHARACTERS = {
+    code: "\N{REPLACEMENT CHARACTER}"
+    for code in (*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F)
+}
+
+
+def sanitize(text):
+    """*text* without the control characters a log must not carry."""
+    return None if text is None else text.translate(_CONTROL_CHARACTERS)
+
+
+def _utc(moment):
+    """Refuse naive datetimes: they are how time zones get lost."""
+    if moment is not None and moment.tzinfo is None:
+        raise ValueError(f"{moment!r} has no time zone")
+    return None if moment is None else moment.astimezone(timezone.utc)
+
+
+def _record(cls, row):
+    return cls(**row._asdict())
+
+
+class Database:
+    """Asynchronous calls of piwtwist's SQL functions through *pool*."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    async def _rows(self, sql, params=()):
+        return await self.pool.run_query(sql, params)
+
+    async def _scalar(self, sql, params=()):
+        rows = await self.pool.run_query(sql, params)
+        return rows[0][0] if rows else None
+
+    async def _column(self, sql, params=()):
+        return [row[0] for row in await self.pool.run_query(sql, params)]
+
+    # configuration -------------------------------------------------------
+
+    async def get_schema_version(self):
+        return await self._scalar("SELECT get_schema_version()")
+
+    async def get_pypi_serial(self):
+        return await self._scalar("SELECT get_pypi_serial()")
+
+    async def set_pypi_serial(self, serial):
+        """Save *serial*; the saved value never goes backwards."""
+        return await self._scalar("SELECT set_pypi_serial(%s)", (serial,))
+
+    async def get_build_abis(self, include_skipped=False):
+        rows = await self._rows("SELECT * FROM get_build_abis(%s)",
+                                (include_skipped,))
+        return [_record(BuildAbi, row) for row in rows]
+
+    async def set_build_abis(self, abis):
+        """Record the ABIs to build; True when the active set changed."""
+        return await self._scalar("SELECT set_build_abis(%s::VARCHAR[])",
+                                  (sorted(set(abis)),))
+
+    async def skip_build_abi(self, abi, reason):
+        await self._rows("SELECT skip_build_abi(%s, %s)", (abi, reason))
+
+    # packages and versions -----------------------------------------------
+
+    async def add_new_package(self, package, skip="", description=""):
+        return await self._scalar("SELECT add_new_package(%s, %s, %s)",
+                                  (package, skip, description))
+
+    async def add_package_name(self, package, name, seen):
+        await self._rows("SELECT add_package_name(%s, %s, %s)",
+                         (package, name, _utc(seen)))
+
+    async def get_package_aliases(self, package):
+        rows = await self._rows("SELECT * FROM get_package_aliases(%s)",
+                                (package,))
+        return [_record(Alias, row) for row in rows]
+
+    async def set_package_description(self, package, description):
+        await self._rows("SELECT set_package_description(%s, %s)",
+                         (package, description))
+
+    async def get_package_description(self, package):
+        return await self._scalar("SELECT get_package_description(%s)",
+                                  (package,))
+
+    async def skip_package(self, package, reason):
+        await self._rows("SELECT skip_package(%s, %s)", (package, reason))
+
+    async def get_package_skip(self, package):
+        return await self._scalar("SELECT get_package_skip(%s)", (package,))
+
+    async def add_new_package_version(self, package, version, released=None,
+                                      skip="", requires_python=""):
+        return await self._scalar(
+            "SELECT add_new_package_version(%s, %s, %s, %s, %s)",
+            (package, version, _utc(released), skip, requires_python))
+
+    async def update_version_details(self, package, version, released=None,
+                                     requires_python=None):
+        await self._rows("SELECT update_version_details(%s, %s, %s, %s)",
+                         (package, version, _utc(released), requires_python))
+
+    async def skip_package_version(self, package, version, reason):
+        await self._rows("SELECT skip_package_version(%s, %s, %s)",
+                         (package, version, reason))
+
+    async def get_version_skip(self, package, version):
+        return await self._scalar("SELECT get_version_skip(%s, %s)",
+                                  (package, version))
+
+    async def yank_version(self, package, version, reason=""):
+        await self._rows("SELECT yank_version(%s, %s, %s)",
+                         (package, version, reason))
+
+    async def unyank_version(self, package, version):
+        await self._rows("SELECT unyank_version(%s, %s)", (package, version))
+
+    async def delete_package(self, package):
+        """Forget *package*; returns the names of its files to remove."""
+        return await self._column("SELECT * FROM delete_package(%s)",
+                                  (package,))
+
+    async def delete_version(self, package, version):
+        """Forget a release; returns the names of its files to remove."""
+        return await self._column("SELECT * FROM delete_version(%s, %s)",
+                                  (package, version))
+
+    async def test_package(self, package):
+        return await self._scalar("SELECT test_package(%s)", (package,))
+
+    async def test_package_version(self, package, version):
+        return await self._scalar("SELECT test_package_version(%s, %s)",
+                                  (package, version))
+
+    async def get_all_packages(self):
+        return await self._column("SELECT * FROM get_all_packages()")
+
+    async def get_all_package_versions(self):
+        rows = await self._rows("SELECT * FROM get_all_package_versions()")
+        return [(row.package, row.version) for row in rows]
+
+    async def get_project_versions(self, package):
+        rows = await self._rows("SELECT * FROM get_project_versions(%s)",
+                                (package,))
+        return [
+            ProjectVersion(**{**row._asdict(),
+                              "builds_succeeded": tuple(row.builds_succeeded),
+                              "builds_failed": tuple(row.builds_failed)})
+            for row in rows
+        ]
+
+    async def get_project_files(self, package):
+        rows = await self._rows("SELECT * FROM get_project_files(%s)",
+                                (package,))
+        return [_record(ProjectFile, row) for row in rows]
+
+    async def get_version_files(self, package, version):
+        return await self._column("SELECT * FROM get_version_files(%s, %s)",
+                                  (package, version))
+
+    async def get_file_dependencies(self, filename):
+        rows = await self._rows("SELECT * FROM get_file_dependencies(%s)",
+                                (filename,))
+        return [_record(Dependency, row) for row in rows]
+
+    async def get_preinstalled_apt_packages(self, abi):
+        return await self._column(
+            "SELECT * FROM get_preinstalled_apt_packages(%s)", (abi,))
+
+    async def add_preinstalled_apt_packages(self, abi, packages):
+        await self._rows(
+            "SELECT add_preinstalled_apt_packages(%s, %s::VARCHAR[])",
+            (abi, list(packages)))
+
+    # builds ---------------------------------------------------------------
+
+    async def get_build_queue(self, limit, exclude=()):
+        """Up to *limit* releases per ABI that want a build, newest first,
+        leaving out the (abi, package, version) triples in *exclude*."""
+        exclude = list(exclude)
+        rows = await self._rows(
+            "SELECT * FROM get_build_queue(%s, %s::VARCHAR[], "
+            "%s::VARCHAR[], %s::VARCHAR[])",
+            (limit, [e[0] for e in exclude], [e[1] for e in exclude],
+             [e[2] for e in exclude]))
+        return [_record(QueueEntry, row) for row in rows]
+
+    async def get_queue_lengths(self):
+        rows = await self._rows("SELECT * FROM get_queue_lengths()")
+        return {row.abi_tag: row.queued for row in rows}
+
+    async def log_build(self, build):
+        """Record a finished build (with its files and dependencies when it
+        succeeded) in one transaction; returns the new build id."""
+        if build.status:
+            files = [attrs.asdict(f) for f in build.files]
+            dependencies = [
+                {"filename": filename, "tool": d.tool,
+                 "dependency": d.dependency}
+                for filename, deps in build.dependencies.items()
+                for d in deps
+            ]
+            return await self._scalar(
+                "SELECT log_build_success(%s, %s, %s, %s, %s, %s, "
+                "%s::JSONB, %s::JSONB, %s)",
+                (build.package, build.version, build.built_by,
+                 build.duration, build.abi_tag, sanitize(build.output),
+                 json.dumps(files), json.dumps(dependencies),
+                 build.builder_label))
+        return await self._scalar(
+            "SELECT log_build_failure(%s, %s, %s, %s, %s, %s, %s, %s)",
+            (build.package, build.version, build.built_by, build.duration,
+             build.abi_tag, sanitize(build.output), build.reason,
+             build.builder_label))
+
+    async def delete_build(self, package, version):
+        """Forget a release's builds; returns the names of the files."""
+        return await self._column("SELECT * FROM delete_build(%s, %s)",
+                                  (package, version))
+
+    async def get_build(self, build_id):
+        rows = await self._rows("SELECT * FROM get_build(%s)", (build_id,))
+        return _record(Build, rows[0]) if rows else None
+
+    async def get_build_output(self, build_id):
+        return await self._scalar("SELECT get_build_output(%s)", (build_id,))
+
+    async def get_build_files(self, build_id):
+        rows = await self._rows("SELECT * FROM get_build_files(%s)",
+                                (build_id,))
+        return [_record(BuildFile, row) for row in rows]
+
+    # statistics, search and hits -----------------------------------------
+
+    async def get_statistics(self):
+        rows = await self._rows("SELECT * FROM get_statistics()")
+        return _record(Statistics, rows[0])
+
+    async def get_search_index(self):
+        rows = await self._rows("SELECT * FROM get_search_index()")
+        return [_record(SearchEntry, row) for row in rows]
+
+    async def _log_client_hit(self, function, name, hit):
+        c = hit.client
+        await self._rows(
+            f"SELECT {function}(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+            f"%s, %s, %s)",
+            (sanitize(name), hit.host, _utc(hit.timestamp), sanitize(c.arch),
+             sanitize(c.distro_name), sanitize(c.distro_version),
+             sanitize(c.os_name), sanitize(c.os_version),
+             sanitize(c.py_name), sanitize(c.py_version),
+             sanitize(c.installer_name), sanitize(c.installer_version),
+             sanitize(c.setuptools_version)))
+
+    async def log_download(self, hit):
+        await self._log_client_hit("log_download", hit.filename, hit)
+
+    async def log_search(self, hit):
+        await self._log_client_hit("log_search", hit.package, hit)
+
+    async def _log_page_hit(self, function, hit):
+        await self._rows(
+            f"SELECT {function}(%s, %s, %s, %s, %s)",
+            (sanitize(hit.name), hit.host, _utc(hit.timestamp),
+             sanitize(hit.user_agent), hit.bot))
+
+    async def log_project(self, hit):
+        await self._log_page_hit("log_project", hit)
+
+    async def log_json(self, hit):
+        await self._log_page_hit("log_json", hit)
+
+    async def log_page(self, hit):
+        await self._log_page_hit("log_page", hit)
+
+    # the page writer's queue ---------------------------------------------
+
+    async def load_rewrites_pending(self):
+        rows = await self._rows("SELECT * FROM load_rewrites_pending()")
+        return [_record(RewritePending, row) for row in rows]
+
+    async def save_rewrites_pending(self, pending):
+        data = [{"package": r.package, "added_at": _utc(r.added_at).isoformat(),
+                 "command": r.command} for r in pending]
+        await self._rows("SELECT save_rewrites_pending(%s::JSONB)",
+                         (json.dumps(data),))

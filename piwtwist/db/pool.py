@@ -1,0 +1,244 @@
+"""A small pool of asynchronous PostgreSQL connections, owned by a service.
+
+txpostgres gives one non-blocking connection at a time and does not
+reconnect by itself.  The pool keeps a few connections, lends one to each
+query, notices when PostgreSQL has gone away (restarted, connection killed)
+and connects again, retrying the failed query once so that a restart of the
+database costs a short delay instead of a crashed service.
+"""
+
+import ipaddress
+from collections import deque
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from txpostgres import txpostgres
+
+from .schema import SCHEMA_VERSION
+
+# Errors that mean "this connection is no use any more", as opposed to an
+# error in the query itself, which is the caller's to handle.
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+class SchemaMismatch(Exception):
+    """The database was made for another version of piwtwist."""
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL could not be reached, even after retrying."""
+
+
+def _connection_failed(err):
+    # OperationalError also covers a few query-level problems (for example a
+    # cancelled statement); those leave the connection open.
+    return isinstance(err, CONNECTION_ERRORS) and not isinstance(
+        err, psycopg2.extensions.QueryCanceledError)
+
+
+async def resolve_dsn(dsn, reactor):
+    """Add ``hostaddr`` to a DSN that names a host, resolved without blocking.
+
+    libpq's asynchronous connect still resolves host names synchronously,
+    which would stall the reactor; giving it the address avoids that.
+    """
+    params = psycopg2.extensions.parse_dsn(dsn)
+    host = params.get("host", "")
+    if not host or host.startswith("/") or "," in host or "hostaddr" in params:
+        return params
+    try:
+        ipaddress.ip_address(host)
+        return params
+    except ValueError:
+        pass
+    params["hostaddr"] = await reactor.resolve(host)
+    return params
+
+
+class ConnectionPool(service.Service):
+    """Lends out up to *size* connections to *dsn*, one query at a time each.
+
+    ``ready`` fires once the first connection is open and the schema version
+    has been checked; queries made before then wait for it.
+    """
+
+    log = Logger()
+    name = "database"
+
+    def __init__(self, dsn, reactor, size=2, retry_delays=(0.5, 1, 2, 4),
+                 expected_version=SCHEMA_VERSION):
+        self.dsn = dsn
+        self.reactor = reactor
+        self.size = size
+        self.retry_delays = tuple(retry_delays)
+        self.expected_version = expected_version
+        self._idle = deque()
+        self._waiting = deque()
+        self._open = 0
+        self._closing = False
+        self.ready = None
+
+    # service --------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._closing = False
+        self.ready = defer.Deferred.fromCoroutine(self._start())
+
+    async def _start(self):
+        self._open += 1
+        try:
+            connection = await self._connect_with_retries()
+        except Exception:
+            self._open -= 1
+            raise
+        try:
+            rows = await connection.runQuery("SELECT get_schema_version()")
+        except psycopg2.Error as e:
+            connection.close()
+            self._open -= 1
+            raise SchemaMismatch(
+                "the database has no piwtwist schema (or this role may not "
+                "read it): run piw-initdb first") from e
+        version = rows[0][0]
+        if version != self.expected_version:
+            connection.close()
+            self._open -= 1
+            raise SchemaMismatch(
+                f"the database's schema is version {version} but this "
+                f"piwtwist needs version {self.expected_version}; run "
+                f"piw-initdb to upgrade it")
+        self._release(connection)
+        return self
+
+    def stopService(self):
+        super().stopService()
+        self._closing = True
+        while self._waiting:
+            self._waiting.popleft().errback(
+                DatabaseUnavailable("the database pool is shutting down"))
+        while self._idle:
+            self._idle.popleft().close()
+            self._open -= 1
+        return defer.succeed(None)
+
+    # connections ----------------------------------------------------------
+
+    async def _connect(self):
+        params = await resolve_dsn(self.dsn, self.reactor)
+        connection = txpostgres.Connection(reactor=self.reactor)
+        await connection.connect(
+            cursor_factory=psycopg2.extras.NamedTupleCursor, **params)
+        return connection
+
+    async def _connect_with_retries(self):
+        last_error = None
+        for delay in (0, *self.retry_delays):
+            if delay:
+                await _sleep(self.reactor, delay)
+            if self._closing:
+                break
+            try:
+                return await self._connect()
+            except CONNECTION_ERRORS as e:
+                last_error = e
+                self.log.warn("cannot connect to the database ({error}); "
+                              "trying again", error=str(e).strip())
+        raise DatabaseUnavailable(
+            f"cannot connect to the database: "
+            f"{str(last_error).strip() if last_error else 'shutting down'}")
+
+    async def _acquire(self):
+        if self.ready is not None and not self.ready.called:
+            await self.ready
+        if self._closing:
+            raise DatabaseUnavailable("the database pool is shutting down")
+        if self._idle:
+            return self._idle.popleft()
+        if self._open < self.size:
+            self._open += 1
+            try:
+                return await self._connect_with_retries()
+            except Exception:
+                self._open -= 1
+                raise
+        waiter = defer.Deferred()
+        self._waiting.append(waiter)
+        return await waiter
+
+    def _release(self, connection):
+        if self._closing:
+            connection.close()
+            self._open -= 1
+        elif self._waiting:
+            self._waiting.popleft().callback(connection)
+        else:
+            self._idle.append(connection)
+
+    def _discard(self, connection):
+        try:
+            connection.close()
+        except Exception:
+            pass
+        self._open -= 1
+        # someone may be waiting for a connection that will now never be
+        # released: let the first waiter open a fresh one instead
+        if self._waiting and not self._closing:
+            waiter = self._waiting.popleft()
+            self._open += 1
+            d = defer.Deferred.fromCoroutine(self._connect_with_retries())
+            d.addErrback(self._undo_open)
+            d.chainDeferred(waiter)
+
+    def _undo_open(self, failure):
+        self._open -= 1
+        return failure
+
+    # queries --------------------------------------------------------------
+
+    async def _use(self, work):
+        """Run ``work(connection)`` on a borrowed connection; on a lost
+        connection, reconnect and run it once more."""
+        for attempt in (1, 2):
+            connection = await self._acquire()
+            try:
+                result = await work(connection)
+            except Exception as e:
+                if not _connection_failed(e):
+                    self._release(connection)
+                    raise
+                self._discard(connection)
+                if attempt == 2:
+                    raise DatabaseUnavailable(
+                        f"lost the database connection twice: "
+                        f"{str(e).strip()}") from e
+                self.log.warn("database connection lost ({error}); "
+                              "reconnecting", error=str(e).strip())
+                continue
+            self._release(connection)
+            return result
+
+    async def run_query(self, sql, params=None):
+        """Rows of *sql* as named tuples."""
+        return await self._use(
+            lambda connection: connection.runQuery(sql, params))
+
+    async def run_operation(self, sql, params=None):
+        await self._use(
+            lambda connection: connection.runOperation(sql, params))
+
+    async def run_interaction(self, interaction, *args, **kwargs):
+        """Run *interaction(cursor, ...)* inside one transaction."""
+        return await self._use(
+            lambda connection: connection.runInteraction(
+                interaction, *args, **kwargs))
+
+
+def _sleep(reactor, seconds):
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d

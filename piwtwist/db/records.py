@@ -1,0 +1,193 @@
+"""Plain values that go into and come out of the database functions.
+
+Services pass these around instead of rows, so nothing outside ``piwtwist.db``
+depends on column order or on the database driver.
+"""
+
+from datetime import datetime, timedelta
+
+import attrs
+
+
+@attrs.frozen
+class BuildAbi:
+    abi_tag: str
+    skip: str = ""
+
+
+@attrs.frozen
+class QueueEntry:
+    """One (ABI, release) that wants a build."""
+
+    abi_tag: str
+    package: str
+    version: str
+    released: datetime
+
+
+@attrs.frozen
+class Alias:
+    name: str
+    seen: datetime
+
+
+@attrs.frozen
+class BuildFile:
+    """A wheel a build produced, as recorded (and as a builder reports it)."""
+
+    filename: str
+    filesize: int
+    filehash: str
+    package_tag: str
+    package_version_tag: str
+    py_version_tag: str
+    abi_tag: str
+    platform_tag: str
+    requires_python: str = ""
+    location: str = ""
+
+
+@attrs.frozen
+class Dependency:
+    """Something a wheel needs: ``tool`` is apt, pip or unresolved."""
+
+    tool: str
+    dependency: str
+
+
+@attrs.frozen
+class BuildResult:
+    """A finished build attempt, ready to be logged.
+
+    ``dependencies`` maps a file name to the :class:`Dependency` values of
+    that file.
+    """
+
+    package: str
+    version: str
+    abi_tag: str
+    built_by: int
+    duration: timedelta
+    status: bool
+    output: str
+    files: tuple = ()
+    dependencies: dict = attrs.Factory(dict)
+    reason: str = ""
+    builder_label: str = ""
+
+
+@attrs.frozen
+class Build:
+    build_id: int
+    package: str
+    version: str
+    built_by: int
+    builder_label: str
+    built_at: datetime
+    duration: timedelta
+    status: bool
+    abi_tag: str
+    reason: str
+
+
+@attrs.frozen
+class ProjectVersion:
+    version: str
+    released: datetime
+    skip: str
+    yanked: bool
+    yank_reason: str
+    requires_python: str
+    builds_succeeded: tuple
+    builds_failed: tuple
+
+
+@attrs.frozen
+class ProjectFile:
+    version: str
+    build_id: int
+    abi_tag: str
+    filename: str
+    filesize: int
+    filehash: str
+    requires_python: str
+    yanked: bool
+    yank_reason: str
+
+
+@attrs.frozen
+class Statistics:
+    packages_count: int
+    packages_built: int
+    versions_count: int
+    versions_tried: int
+    builds_count: int
+    builds_count_success: int
+    builds_count_last_hour: int
+    builds_time: timedelta
+    files_count: int
+    builds_size: int
+    downloads_last_month: int
+    downloads_all: int
+
+
+@attrs.frozen
+class SearchEntry:
+    package: str
+    description: str
+    downloads_recent: int
+    downloads_all: int
+
+
+@attrs.frozen
+class RewritePending:
+    """A page rewrite the page writer still owes; command is PROJECT (the
+    project page) or BOTH (project page and the package's index)."""
+
+    package: str
+    added_at: datetime
+    command: str
+
+
+@attrs.frozen
+class ClientDetails:
+    """What pip's user agent says about the machine making a request."""
+
+    arch: str | None = None
+    distro_name: str | None = None
+    distro_version: str | None = None
+    os_name: str | None = None
+    os_version: str | None = None
+    py_name: str | None = None
+    py_version: str | None = None
+    installer_name: str | None = None
+    installer_version: str | None = None
+    setuptools_version: str | None = None
+
+
+@attrs.frozen
+class DownloadHit:
+    filename: str
+    host: str
+    timestamp: datetime
+    client: ClientDetails = ClientDetails()
+
+
+@attrs.frozen
+class SearchHit:
+    package: str
+    host: str
+    timestamp: datetime
+    client: ClientDetails = ClientDetails()
+
+
+@attrs.frozen
+class PageHit:
+    """A view of a project page, a project's JSON, or another page; ``name``
+    is the package or the page."""
+
+    name: str
+    host: str
+    timestamp: datetime
+    user_agent: str | None = None
+    bot: bool = False
