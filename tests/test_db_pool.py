@@ -1,0 +1,165 @@
+"""The connection pool: schema check, concurrency, and surviving a database
+that goes away, against the real server."""
+
+import psycopg2
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from piwtwist.db.client import Database
+from piwtwist.db.pool import (
+    ConnectionPool, DatabaseUnavailable, SchemaMismatch, resolve_dsn,
+)
+from piwtwist.db.schema import SCHEMA_VERSION
+
+
+async def started_pool(dsn, reactor, **kwargs):
+    pool = ConnectionPool(dsn, reactor, retry_delays=(0.1, 0.2), **kwargs)
+    pool.startService()
+    await pool.ready
+    return pool
+
+
+@pytest_twisted.ensureDeferred
+async def test_refuses_a_database_of_another_version(test_db, reactor):
+    test_db.sql("UPDATE configuration SET version = '0.1'")
+    pool = ConnectionPool(test_db.master_dsn, reactor)
+    pool.startService()
+    with pytest.raises(SchemaMismatch) as caught:
+        await pool.ready
+    message = str(caught.value)
+    assert "0.1" in message and SCHEMA_VERSION in message
+    assert "piw-initdb" in message
+    await pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refuses_a_database_without_schema(empty_db, reactor):
+    pool = ConnectionPool(empty_db.superuser_dsn, reactor)
+    pool.startService()
+    with pytest.raises(SchemaMismatch, match="run piw-initdb"):
+        await pool.ready
+    await pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_queries_wait_for_a_free_connection(test_db, reactor):
+    pool = await started_pool(test_db.master_dsn, reactor, size=2)
+    try:
+        results = await defer.gatherResults([
+            defer.Deferred.fromCoroutine(
+                pool.run_query("SELECT pg_backend_pid() FROM pg_sleep(0.2)"))
+            for _ in range(6)
+        ])
+        backends = {rows[0][0] for rows in results}
+        assert len(backends) == 2
+        assert pool._open == 2
+    finally:
+        await pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_reactor_keeps_running_during_a_slow_query(test_db, reactor):
+    pool = await started_pool(test_db.master_dsn, reactor, size=1)
+    ticks = []
+    loop = task.LoopingCall(ticks.append, None)
+    loop.clock = reactor
+    loop.start(0.05)
+    try:
+        await pool.run_query("SELECT pg_sleep(0.5)")
+    finally:
+        loop.stop()
+        await pool.stopService()
+    assert len(ticks) >= 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_survives_killed_connections(test_db, reactor):
+    pool = await started_pool(test_db.master_dsn, reactor, size=2)
+    db = Database(pool)
+    try:
+        assert await db.add_new_package("before") is True
+        test_db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE usename = 'piwheels' AND datname = %s",
+                    (test_db.name,))
+        assert await db.add_new_package("after") is True
+        assert await db.get_all_packages() == ["after", "before"]
+    finally:
+        await pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_survives_a_database_restart(test_db, pg_cluster, reactor):
+    pool = await started_pool(test_db.master_dsn, reactor, size=2)
+    db = Database(pool)
+    try:
+        await db.add_new_package("before")
+        pg_cluster.restart()
+        assert await db.test_package("before") is True
+        assert await db.add_new_package("after") is True
+    finally:
+        await pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_database_gives_a_clear_error_then_recovers(
+        test_db, pg_cluster, reactor):
+    pool = await started_pool(test_db.master_dsn, reactor, size=1)
+    db = Database(pool)
+    try:
+        pg_cluster.stop()
+        try:
+            with pytest.raises(DatabaseUnavailable,
+                               match="cannot connect to the database"):
+                await db.get_pypi_serial()
+        finally:
+            pg_cluster.start()
+        # nothing was lost and the pool works again without a restart
+        assert await db.get_pypi_serial() == 0
+    finally:
+        await pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_query_errors_are_the_callers_and_keep_the_connection(
+        test_db, reactor):
+    pool = await started_pool(test_db.master_dsn, reactor, size=1)
+    try:
+        with pytest.raises(psycopg2.errors.UndefinedFunction):
+            await pool.run_query("SELECT no_such_function()")
+        rows = await pool.run_query("SELECT 1 AS one")
+        assert rows[0].one == 1
+        assert pool._open == 1
+    finally:
+        await pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_queries_after_stop_fail_clearly(test_db, reactor):
+    pool = await started_pool(test_db.master_dsn, reactor)
+    await pool.stopService()
+    with pytest.raises(DatabaseUnavailable, match="shutting down"):
+        await pool.run_query("SELECT 1")
+
+
+class FakeResolver:
+    def __init__(self):
+        self.asked = []
+
+    def resolve(self, name):
+        self.asked.append(name)
+        return defer.succeed("192.0.2.7")
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_names_are_resolved_before_libpq_sees_them():
+    resolver = FakeResolver()
+    params = await resolve_dsn("host=db.example dbname=piwheels", resolver)
+    assert params["hostaddr"] == "192.0.2.7"
+    assert params["host"] == "db.example"  # kept for TLS name checks
+    for dsn in ("host=/run/postgresql dbname=piwheels",
+                "host=127.0.0.1 dbname=piwheels",
+                "postgresql:///piwheels",
+                "host=db.example hostaddr=192.0.2.9 dbname=piwheels"):
+        params = await resolve_dsn(dsn, resolver)
+    assert resolver.asked == ["db.example"]
