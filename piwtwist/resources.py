@@ -1,31 +1,23 @@
 """Find the SQL scripts and templates, from a checkout or an installed wheel.
 
-The packaging maps the top-level ``sql/`` and ``templates/`` folders into the
-package as ``piwtwist.sql`` and ``piwtwist.templates``; from a plain checkout
-(nothing installed) they sit beside the package.
+They live at the top of the checkout in ``sql/`` and ``templates/``;
+``piwtwist/sql`` and ``piwtwist/templates`` are symbolic links to them, which
+the packaging turns into real folders inside the wheel.  Either way they sit
+beside this module.
 """
 
-from importlib import resources
 from pathlib import Path
 
-_CHECKOUT = Path(__file__).resolve().parent.parent
+_PACKAGE = Path(__file__).resolve().parent
 
 
 def resource_dir(name):
     """The directory holding the ``sql`` or ``templates`` resources."""
-    try:
-        found = resources.files(f"piwtwist.{name}")
-    except ModuleNotFoundError:
-        found = None
-    if found is not None:
-        path = Path(str(found))
-        if path.is_dir():
-            return path
-    path = _CHECKOUT / name
-    if path.is_dir():
-        return path
-    raise FileNotFoundError(f"piwtwist's {name}/ folder is missing from "
-                            f"the installation (looked in {path})")
+    path = _PACKAGE / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"piwtwist's {name}/ folder is missing from "
+                                f"the installation (looked in {path})")
+    return path
 
 
 def sql_dir():

@@ -80,12 +80,12 @@ CREATE TABLE builds (
     package       VARCHAR(200) NOT NULL,
     version       VARCHAR(200) NOT NULL,
     built_by      INTEGER NOT NULL,
-    builder_label VARCHAR(100) DEFAULT '' NOT NULL,
     built_at      TIMESTAMP WITH TIME ZONE DEFAULT CURRENT_TIMESTAMP NOT NULL,
     duration      INTERVAL NOT NULL,
     status        BOOLEAN NOT NULL,
     abi_tag       VARCHAR(100) NOT NULL,
     reason        VARCHAR(500) DEFAULT '' NOT NULL,
+    builder_label VARCHAR(100) DEFAULT '' NOT NULL,
 
     CONSTRAINT builds_pk PRIMARY KEY (build_id),
     CONSTRAINT builds_versions_fk FOREIGN KEY (package, version)

@@ -1,0 +1,905 @@
+-- piwtwist schema upgrade: 0.1 -> 0.2
+--
+-- Adds package aliases, yank reasons, Requires-Python, build failure
+-- reasons and builder labels, and replaces the queue computed on every call
+-- by the maintained build_queue table.  Every function is dropped and
+-- created anew, so the result is the same as a fresh create.
+
+UPDATE configuration SET version = '0.2' WHERE id = 1;
+
+-- package_names: every spelling of a project's name seen on PyPI, so that
+-- project/<alias> can point at the canonical directory
+CREATE TABLE package_names (
+    package VARCHAR(200) NOT NULL,
+    name    VARCHAR(200) NOT NULL,
+    seen    TIMESTAMP WITH TIME ZONE DEFAULT CURRENT_TIMESTAMP NOT NULL,
+
+    CONSTRAINT package_names_pk PRIMARY KEY (package, name),
+    CONSTRAINT package_names_package_fk FOREIGN KEY (package)
+        REFERENCES packages ON DELETE CASCADE
+);
+
+INSERT INTO package_names (package, name, seen)
+SELECT package, package, CURRENT_TIMESTAMP FROM packages;
+
+ALTER TABLE versions
+    ADD COLUMN yank_reason     VARCHAR(500) DEFAULT '' NOT NULL,
+    ADD COLUMN requires_python VARCHAR(200) DEFAULT '' NOT NULL;
+CREATE INDEX versions_released ON versions (released DESC);
+
+ALTER TABLE builds
+    ADD COLUMN reason        VARCHAR(500) DEFAULT '' NOT NULL,
+    ADD COLUMN builder_label VARCHAR(100) DEFAULT '' NOT NULL;
+
+ALTER TABLE files
+    ADD COLUMN requires_python VARCHAR(200) DEFAULT '' NOT NULL,
+    ADD COLUMN location        VARCHAR(500) DEFAULT '' NOT NULL;
+
+-- unresolved libraries were recorded with an empty tool name
+ALTER TABLE dependencies DROP CONSTRAINT dependencies_tool_ck;
+UPDATE dependencies SET tool = 'unresolved' WHERE tool = '';
+ALTER TABLE dependencies ADD CONSTRAINT dependencies_tool_ck
+    CHECK (tool IN ('apt', 'pip', 'unresolved'));
+
+-- build_queue: every (ABI, release) that wants a build now.  It is derived
+-- state, kept up to date by the functions below whenever a release, a
+-- package, an ABI or a build changes, so that asking for the queue is one
+-- short index scan per ABI however large PyPI grows.
+CREATE TABLE build_queue (
+    abi_tag  VARCHAR(100) NOT NULL,
+    package  VARCHAR(200) NOT NULL,
+    version  VARCHAR(200) NOT NULL,
+    released TIMESTAMP WITH TIME ZONE NOT NULL,
+
+    CONSTRAINT build_queue_pk PRIMARY KEY (package, version, abi_tag),
+    CONSTRAINT build_queue_versions_fk FOREIGN KEY (package, version)
+        REFERENCES versions ON DELETE CASCADE ON UPDATE CASCADE,
+    CONSTRAINT build_queue_abi_fk FOREIGN KEY (abi_tag)
+        REFERENCES build_abis ON DELETE CASCADE
+);
+CREATE INDEX build_queue_order ON build_queue (abi_tag, released DESC, package, version);
+
+DO $drop$
+DECLARE
+    old_function REGPROCEDURE;
+BEGIN
+    FOR old_function IN
+        SELECT p.oid::REGPROCEDURE
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'public'
+    LOOP
+        EXECUTE 'DROP FUNCTION ' || old_function;
+    END LOOP;
+END;
+$drop$;
+
+-------------------------------------------------------------------------------
+-- The build queue's rules
+-------------------------------------------------------------------------------
+
+-- abi_order: a number that sorts CPython tags by version: cp39 -> 309,
+-- cp310 -> 310, cp27mu -> 207; NULL for tags without a version
+CREATE FUNCTION abi_order(tag TEXT) RETURNS INTEGER
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $sql$
+    SELECT m[1]::INTEGER * 100 + m[2]::INTEGER
+    FROM regexp_match(tag, '^[a-z]+(\d)(\d+)') AS m
+$sql$;
+
+-- abi_resolved: whether ABI "abi" needs no further build of a release, given
+-- what its builds so far add up to: it was tried (whatever the outcome), a
+-- "none" wheel covers every ABI, or an abi3 wheel for cpXY covers every
+-- CPython ABI of the same major version from XY on
+CREATE FUNCTION abi_resolved(
+    abi VARCHAR, tried VARCHAR[], covers_all BOOLEAN, abi3_from INTEGER
+) RETURNS BOOLEAN
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $sql$
+    SELECT covers_all
+        OR abi = ANY(tried)
+        OR (abi3_from IS NOT NULL
+            AND abi LIKE 'cp%'
+            AND abi_order(abi) >= abi3_from
+            AND abi_order(abi) / 100 = abi3_from / 100)
+$sql$;
+
+-- pending_abis: the ABIs a release should be built for next, lowest first.
+-- Until a build has produced an ABI-specific wheel only the lowest
+-- unresolved ABI is offered: most releases give a "none" wheel that covers
+-- the rest, and a failure on the lowest ABI moves on to the next one.  Once
+-- an ABI-specific (or abi3) wheel exists, every unresolved ABI is offered.
+CREATE FUNCTION pending_abis(pkg VARCHAR, ver VARCHAR) RETURNS VARCHAR[]
+LANGUAGE sql STABLE AS $sql$
+    WITH outcome AS (
+        SELECT
+            COALESCE(array_agg(DISTINCT b.abi_tag), '{}')
+                || COALESCE(array_agg(DISTINCT f.abi_tag)
+                            FILTER (WHERE f.abi_tag NOT IN ('none', 'abi3')),
+                            '{}') AS tried,
+            COALESCE(bool_or(f.abi_tag = 'none'), false) AS covers_all,
+            min(abi_order(f.py_version_tag))
+                FILTER (WHERE f.abi_tag = 'abi3') AS abi3_from,
+            COALESCE(bool_or(f.abi_tag <> 'none'), false) AS specific
+        FROM builds b
+        LEFT JOIN files f ON f.build_id = b.build_id AND b.status
+        WHERE b.package = pkg AND b.version = ver
+    ),
+    unresolved AS (
+        SELECT COALESCE(
+            array_agg(a.abi_tag
+                      ORDER BY abi_order(a.abi_tag) NULLS LAST, a.abi_tag),
+            '{}') AS abis
+        FROM build_abis a, outcome o
+        WHERE a.skip = ''
+        AND NOT abi_resolved(a.abi_tag, o.tried, o.covers_all, o.abi3_from)
+    )
+    SELECT CASE WHEN o.specific THEN u.abis ELSE u.abis[1:1] END
+    FROM outcome o, unresolved u
+$sql$;
+
+-- refresh_build_queue: recompute the queue entries of one package's
+-- releases (all of them when ver is NULL)
+CREATE FUNCTION refresh_build_queue(pkg VARCHAR, ver VARCHAR DEFAULT NULL)
+RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    DELETE FROM build_queue
+    WHERE package = pkg AND (ver IS NULL OR version = ver);
+
+    INSERT INTO build_queue (abi_tag, package, version, released)
+    SELECT abi, v.package, v.version, v.released
+    FROM packages p
+    JOIN versions v ON v.package = p.package
+    CROSS JOIN LATERAL unnest(pending_abis(v.package, v.version)) AS abi
+    WHERE p.package = pkg
+    AND (ver IS NULL OR v.version = ver)
+    AND p.skip = ''
+    AND v.skip = '';
+$sql$;
+
+-- rebuild_build_queue: recompute the whole queue; needed only when the set
+-- of ABIs changes (or to repair hand edits)
+CREATE FUNCTION rebuild_build_queue() RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    DELETE FROM build_queue;
+
+    -- releases with no builds at all are by far the most common: offer the
+    -- lowest ABI without looking at builds one release at a time
+    INSERT INTO build_queue (abi_tag, package, version, released)
+    SELECT lowest.abi_tag, v.package, v.version, v.released
+    FROM packages p
+    JOIN versions v ON v.package = p.package
+    CROSS JOIN (
+        SELECT abi_tag FROM build_abis WHERE skip = ''
+        ORDER BY abi_order(abi_tag) NULLS LAST, abi_tag
+        LIMIT 1
+    ) AS lowest
+    WHERE p.skip = '' AND v.skip = ''
+    AND NOT EXISTS (
+        SELECT 1 FROM builds b
+        WHERE b.package = v.package AND b.version = v.version
+    );
+
+    INSERT INTO build_queue (abi_tag, package, version, released)
+    SELECT abi, v.package, v.version, v.released
+    FROM packages p
+    JOIN versions v ON v.package = p.package
+    CROSS JOIN LATERAL unnest(pending_abis(v.package, v.version)) AS abi
+    WHERE p.skip = '' AND v.skip = ''
+    AND EXISTS (
+        SELECT 1 FROM builds b
+        WHERE b.package = v.package AND b.version = v.version
+    );
+$sql$;
+
+-- get_build_queue: for each ABI being built, up to "lim" releases that want
+-- a build, newest release first.  The caller passes the builds it already
+-- has in hand (three arrays of equal length) so they are not handed out
+-- twice.
+CREATE FUNCTION get_build_queue(
+    lim INTEGER,
+    excluded_abis VARCHAR[] DEFAULT '{}',
+    excluded_packages VARCHAR[] DEFAULT '{}',
+    excluded_versions VARCHAR[] DEFAULT '{}'
+)
+RETURNS TABLE (abi_tag VARCHAR, package VARCHAR, version VARCHAR,
+               released TIMESTAMP WITH TIME ZONE)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    WITH excluded AS (
+        SELECT *
+        FROM unnest(excluded_abis, excluded_packages, excluded_versions)
+            AS e(abi_tag, package, version)
+    )
+    SELECT a.abi_tag, q.package, q.version, q.released
+    FROM build_abis a
+    CROSS JOIN LATERAL (
+        SELECT bq.package, bq.version, bq.released
+        FROM build_queue bq
+        WHERE bq.abi_tag = a.abi_tag
+        AND NOT EXISTS (
+            SELECT 1 FROM excluded e
+            WHERE e.abi_tag = bq.abi_tag
+            AND e.package = bq.package
+            AND e.version = bq.version
+        )
+        ORDER BY bq.released DESC, bq.package, bq.version
+        LIMIT lim
+    ) AS q
+    WHERE a.skip = ''
+    ORDER BY a.abi_tag, q.released DESC, q.package, q.version
+$sql$;
+
+-------------------------------------------------------------------------------
+-- Configuration
+-------------------------------------------------------------------------------
+
+CREATE FUNCTION get_schema_version() RETURNS VARCHAR
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT version FROM configuration WHERE id = 1
+$sql$;
+
+CREATE FUNCTION get_pypi_serial() RETURNS BIGINT
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT pypi_serial FROM configuration WHERE id = 1
+$sql$;
+
+-- set_pypi_serial: the serial only moves forward, so a late or repeated
+-- save can never make the follower replay or skip events
+CREATE FUNCTION set_pypi_serial(new_serial BIGINT) RETURNS BIGINT
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    UPDATE configuration
+    SET pypi_serial = GREATEST(pypi_serial, new_serial)
+    WHERE id = 1
+    RETURNING pypi_serial
+$sql$;
+
+CREATE FUNCTION get_build_abis(include_skipped BOOLEAN DEFAULT false)
+RETURNS TABLE (abi_tag VARCHAR, skip VARCHAR)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT b.abi_tag, b.skip
+    FROM build_abis b
+    WHERE include_skipped OR b.skip = ''
+    ORDER BY abi_order(b.abi_tag) NULLS LAST, b.abi_tag
+$sql$;
+
+-- set_build_abis: record the ABIs the master was started with.  New ones
+-- are added, ABIs left out are skipped as "not configured" (an operator's
+-- own skip reason is kept), and the queue is rebuilt only when the set of
+-- active ABIs actually changed.  Returns whether it changed.
+CREATE FUNCTION set_build_abis(abis VARCHAR[]) RETURNS BOOLEAN
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+DECLARE
+    before VARCHAR[];
+    after VARCHAR[];
+BEGIN
+    SELECT COALESCE(array_agg(abi_tag ORDER BY abi_tag), '{}') INTO before
+    FROM build_abis WHERE skip = '';
+
+    INSERT INTO build_abis (abi_tag)
+    SELECT DISTINCT unnest(abis)
+    ON CONFLICT (abi_tag) DO NOTHING;
+
+    UPDATE build_abis SET skip = ''
+    WHERE abi_tag = ANY(abis) AND skip = 'not configured';
+
+    UPDATE build_abis SET skip = 'not configured'
+    WHERE NOT (abi_tag = ANY(abis)) AND skip = '';
+
+    SELECT COALESCE(array_agg(abi_tag ORDER BY abi_tag), '{}') INTO after
+    FROM build_abis WHERE skip = '';
+
+    IF before IS DISTINCT FROM after THEN
+        PERFORM rebuild_build_queue();
+        RETURN true;
+    END IF;
+    RETURN false;
+END;
+$plpgsql$;
+
+CREATE FUNCTION skip_build_abi(abi VARCHAR, reason VARCHAR) RETURNS VOID
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+BEGIN
+    UPDATE build_abis SET skip = reason WHERE abi_tag = abi;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown ABI %', abi USING ERRCODE = 'no_data_found';
+    END IF;
+    PERFORM rebuild_build_queue();
+END;
+$plpgsql$;
+
+-------------------------------------------------------------------------------
+-- Packages and versions
+-------------------------------------------------------------------------------
+
+-- add_new_package: true when the package was new, false when it existed
+CREATE FUNCTION add_new_package(
+    pkg VARCHAR, skip_reason VARCHAR DEFAULT '', descr VARCHAR DEFAULT ''
+) RETURNS BOOLEAN
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+BEGIN
+    INSERT INTO packages (package, skip, description)
+    VALUES (pkg, skip_reason, left(descr, 200))
+    ON CONFLICT (package) DO NOTHING;
+    RETURN FOUND;
+END;
+$plpgsql$;
+
+-- add_package_name: remember a spelling of a package's name and when it was
+-- last seen (never moving backwards in time)
+CREATE FUNCTION add_package_name(
+    pkg VARCHAR, alias VARCHAR, last_seen TIMESTAMP WITH TIME ZONE
+) RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    INSERT INTO package_names (package, name, seen)
+    VALUES (pkg, alias, last_seen)
+    ON CONFLICT (package, name) DO UPDATE
+    SET seen = GREATEST(package_names.seen, EXCLUDED.seen)
+$sql$;
+
+CREATE FUNCTION get_package_aliases(pkg VARCHAR)
+RETURNS TABLE (name VARCHAR, seen TIMESTAMP WITH TIME ZONE)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT n.name, n.seen
+    FROM package_names n
+    WHERE n.package = pkg AND n.name <> pkg
+    ORDER BY n.seen DESC, n.name
+$sql$;
+
+CREATE FUNCTION set_package_description(pkg VARCHAR, descr VARCHAR)
+RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    UPDATE packages SET description = left(descr, 200) WHERE package = pkg
+$sql$;
+
+CREATE FUNCTION get_package_description(pkg VARCHAR) RETURNS VARCHAR
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT description FROM packages WHERE package = pkg
+$sql$;
+
+-- skip_package: a non-empty reason stops every build of the package, an
+-- empty one allows them again
+CREATE FUNCTION skip_package(pkg VARCHAR, reason VARCHAR) RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    UPDATE packages SET skip = reason WHERE package = pkg;
+    SELECT refresh_build_queue(pkg);
+$sql$;
+
+-- add_new_package_version: true when the release was new
+CREATE FUNCTION add_new_package_version(
+    pkg VARCHAR, ver VARCHAR,
+    released_at TIMESTAMP WITH TIME ZONE DEFAULT NULL,
+    skip_reason VARCHAR DEFAULT '',
+    requires VARCHAR DEFAULT ''
+) RETURNS BOOLEAN
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+BEGIN
+    INSERT INTO versions (package, version, released, skip, requires_python)
+    VALUES (pkg, ver, COALESCE(released_at, CURRENT_TIMESTAMP), skip_reason,
+            requires)
+    ON CONFLICT (package, version) DO NOTHING;
+    IF FOUND THEN
+        PERFORM refresh_build_queue(pkg, ver);
+        RETURN true;
+    END IF;
+    RETURN false;
+END;
+$plpgsql$;
+
+-- update_version_details: release time and Requires-Python learned later
+-- from PyPI's JSON API (NULL leaves a value as it is)
+CREATE FUNCTION update_version_details(
+    pkg VARCHAR, ver VARCHAR,
+    released_at TIMESTAMP WITH TIME ZONE DEFAULT NULL,
+    requires VARCHAR DEFAULT NULL
+) RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    UPDATE versions
+    SET released = COALESCE(released_at, released),
+        requires_python = COALESCE(requires, requires_python)
+    WHERE package = pkg AND version = ver;
+
+    UPDATE build_queue q
+    SET released = v.released
+    FROM versions v
+    WHERE q.package = pkg AND q.version = ver
+    AND v.package = q.package AND v.version = q.version
+    AND q.released <> v.released;
+$sql$;
+
+CREATE FUNCTION skip_package_version(pkg VARCHAR, ver VARCHAR, reason VARCHAR)
+RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    UPDATE versions SET skip = reason WHERE package = pkg AND version = ver;
+    SELECT refresh_build_queue(pkg, ver);
+$sql$;
+
+CREATE FUNCTION get_version_skip(pkg VARCHAR, ver VARCHAR) RETURNS VARCHAR
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT skip FROM versions WHERE package = pkg AND version = ver
+$sql$;
+
+CREATE FUNCTION get_package_skip(pkg VARCHAR) RETURNS VARCHAR
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT skip FROM packages WHERE package = pkg
+$sql$;
+
+CREATE FUNCTION yank_version(pkg VARCHAR, ver VARCHAR, reason VARCHAR DEFAULT '')
+RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    UPDATE versions SET yanked = true, yank_reason = COALESCE(reason, '')
+    WHERE package = pkg AND version = ver
+$sql$;
+
+CREATE FUNCTION unyank_version(pkg VARCHAR, ver VARCHAR) RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    UPDATE versions SET yanked = false, yank_reason = ''
+    WHERE package = pkg AND version = ver
+$sql$;
+
+-- delete_package / delete_version: gone from PyPI, gone from here, with
+-- builds, files and queue entries (by cascade); return the names of the
+-- files that were recorded so the caller can remove them from disk
+CREATE FUNCTION delete_package(pkg VARCHAR) RETURNS SETOF VARCHAR
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    WITH gone AS (
+        SELECT f.filename
+        FROM builds b JOIN files f ON f.build_id = b.build_id
+        WHERE b.package = pkg
+    ), deleted AS (
+        DELETE FROM packages WHERE package = pkg
+    )
+    SELECT filename FROM gone
+$sql$;
+
+CREATE FUNCTION delete_version(pkg VARCHAR, ver VARCHAR) RETURNS SETOF VARCHAR
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    WITH gone AS (
+        SELECT f.filename
+        FROM builds b JOIN files f ON f.build_id = b.build_id
+        WHERE b.package = pkg AND b.version = ver
+    ), deleted AS (
+        DELETE FROM versions WHERE package = pkg AND version = ver
+    )
+    SELECT filename FROM gone
+$sql$;
+
+CREATE FUNCTION test_package(pkg VARCHAR) RETURNS BOOLEAN
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT EXISTS (SELECT 1 FROM packages WHERE package = pkg)
+$sql$;
+
+CREATE FUNCTION test_package_version(pkg VARCHAR, ver VARCHAR) RETURNS BOOLEAN
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT EXISTS (
+        SELECT 1 FROM versions WHERE package = pkg AND version = ver
+    )
+$sql$;
+
+CREATE FUNCTION get_all_packages() RETURNS SETOF VARCHAR
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT package FROM packages ORDER BY package
+$sql$;
+
+CREATE FUNCTION get_all_package_versions()
+RETURNS TABLE (package VARCHAR, version VARCHAR)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT v.package, v.version FROM versions v ORDER BY v.package, v.version
+$sql$;
+
+CREATE FUNCTION get_project_versions(pkg VARCHAR)
+RETURNS TABLE (
+    version VARCHAR, released TIMESTAMP WITH TIME ZONE, skip VARCHAR,
+    yanked BOOLEAN, yank_reason VARCHAR, requires_python VARCHAR,
+    builds_succeeded VARCHAR[], builds_failed VARCHAR[]
+)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT
+        v.version, v.released, v.skip, v.yanked, v.yank_reason,
+        v.requires_python,
+        COALESCE(array_agg(DISTINCT b.abi_tag) FILTER (WHERE b.status), '{}'),
+        COALESCE(array_agg(DISTINCT b.abi_tag) FILTER (WHERE NOT b.status), '{}')
+    FROM versions v
+    LEFT JOIN builds b ON b.package = v.package AND b.version = v.version
+    WHERE v.package = pkg
+    GROUP BY v.version, v.released, v.skip, v.yanked, v.yank_reason,
+             v.requires_python
+    ORDER BY v.released DESC, v.version DESC
+$sql$;
+
+CREATE FUNCTION get_project_files(pkg VARCHAR)
+RETURNS TABLE (
+    version VARCHAR, build_id INTEGER, abi_tag VARCHAR, filename VARCHAR,
+    filesize BIGINT, filehash CHAR(64), requires_python VARCHAR,
+    yanked BOOLEAN, yank_reason VARCHAR
+)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT b.version, b.build_id, f.abi_tag, f.filename, f.filesize,
+           f.filehash, f.requires_python, v.yanked, v.yank_reason
+    FROM builds b
+    JOIN files f ON f.build_id = b.build_id
+    JOIN versions v ON v.package = b.package AND v.version = b.version
+    WHERE b.package = pkg AND b.status
+    ORDER BY v.released DESC, f.filename
+$sql$;
+
+CREATE FUNCTION get_version_files(pkg VARCHAR, ver VARCHAR) RETURNS SETOF VARCHAR
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT f.filename
+    FROM builds b JOIN files f ON f.build_id = b.build_id
+    WHERE b.package = pkg AND b.version = ver AND b.status
+    ORDER BY f.filename
+$sql$;
+
+CREATE FUNCTION get_file_dependencies(fname VARCHAR)
+RETURNS TABLE (tool VARCHAR, dependency VARCHAR)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT d.tool, d.dependency
+    FROM dependencies d
+    WHERE d.filename = fname
+    ORDER BY d.tool, d.dependency
+$sql$;
+
+CREATE FUNCTION get_preinstalled_apt_packages(abi VARCHAR) RETURNS SETOF VARCHAR
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT apt_package FROM preinstalled_apt_packages
+    WHERE abi_tag = abi ORDER BY apt_package
+$sql$;
+
+CREATE FUNCTION add_preinstalled_apt_packages(abi VARCHAR, apt_packages VARCHAR[])
+RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    INSERT INTO preinstalled_apt_packages (abi_tag, apt_package)
+    SELECT abi, unnest(apt_packages)
+    ON CONFLICT DO NOTHING
+$sql$;
+
+-------------------------------------------------------------------------------
+-- Builds
+-------------------------------------------------------------------------------
+
+-- log_build_success: record a build, its log, every file and every file's
+-- dependencies in one go.  files is a JSON array of objects with filename,
+-- filesize, filehash, package_tag, package_version_tag, py_version_tag,
+-- abi_tag, platform_tag, requires_python and location; dependencies a JSON
+-- array of objects with filename, tool and dependency.  A file of the same
+-- name from an earlier build is replaced.
+CREATE FUNCTION log_build_success(
+    pkg VARCHAR, ver VARCHAR, builder INTEGER, build_duration INTERVAL,
+    abi VARCHAR, build_output TEXT, build_files JSONB,
+    build_dependencies JSONB DEFAULT '[]', label VARCHAR DEFAULT ''
+) RETURNS INTEGER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+DECLARE
+    new_id INTEGER;
+BEGIN
+    IF jsonb_typeof(build_files) IS DISTINCT FROM 'array'
+            OR jsonb_array_length(build_files) = 0 THEN
+        RAISE EXCEPTION 'a successful build of % % must have files', pkg, ver
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    INSERT INTO builds (package, version, built_by, builder_label, duration,
+                        status, abi_tag)
+    VALUES (pkg, ver, builder, label, build_duration, true, abi)
+    RETURNING build_id INTO new_id;
+
+    INSERT INTO output (build_id, output) VALUES (new_id, build_output);
+
+    INSERT INTO files (
+        filename, build_id, filesize, filehash, package_tag,
+        package_version_tag, py_version_tag, abi_tag, platform_tag,
+        requires_python, location
+    )
+    SELECT
+        f.filename, new_id, f.filesize, lower(f.filehash), f.package_tag,
+        f.package_version_tag, f.py_version_tag, f.abi_tag, f.platform_tag,
+        COALESCE(f.requires_python, ''), COALESCE(f.location, '')
+    FROM jsonb_to_recordset(build_files) AS f(
+        filename VARCHAR, filesize BIGINT, filehash VARCHAR,
+        package_tag VARCHAR, package_version_tag VARCHAR,
+        py_version_tag VARCHAR, abi_tag VARCHAR, platform_tag VARCHAR,
+        requires_python VARCHAR, location VARCHAR
+    )
+    ON CONFLICT (filename) DO UPDATE SET
+        build_id = EXCLUDED.build_id,
+        filesize = EXCLUDED.filesize,
+        filehash = EXCLUDED.filehash,
+        package_tag = EXCLUDED.package_tag,
+        package_version_tag = EXCLUDED.package_version_tag,
+        py_version_tag = EXCLUDED.py_version_tag,
+        abi_tag = EXCLUDED.abi_tag,
+        platform_tag = EXCLUDED.platform_tag,
+        requires_python = EXCLUDED.requires_python,
+        location = EXCLUDED.location;
+
+    DELETE FROM dependencies d
+    USING jsonb_to_recordset(build_files) AS f(filename VARCHAR)
+    WHERE d.filename = f.filename;
+
+    INSERT INTO dependencies (filename, tool, dependency)
+    SELECT DISTINCT d.filename, d.tool, d.dependency
+    FROM jsonb_to_recordset(COALESCE(build_dependencies, '[]'))
+        AS d(filename VARCHAR, tool VARCHAR, dependency VARCHAR);
+
+    PERFORM refresh_build_queue(pkg, ver);
+    RETURN new_id;
+END;
+$plpgsql$;
+
+CREATE FUNCTION log_build_failure(
+    pkg VARCHAR, ver VARCHAR, builder INTEGER, build_duration INTERVAL,
+    abi VARCHAR, build_output TEXT, failure_reason VARCHAR DEFAULT '',
+    label VARCHAR DEFAULT ''
+) RETURNS INTEGER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+DECLARE
+    new_id INTEGER;
+BEGIN
+    INSERT INTO builds (package, version, built_by, builder_label, duration,
+                        status, abi_tag, reason)
+    VALUES (pkg, ver, builder, label, build_duration, false, abi,
+            left(COALESCE(failure_reason, ''), 500))
+    RETURNING build_id INTO new_id;
+
+    INSERT INTO output (build_id, output) VALUES (new_id, build_output);
+
+    PERFORM refresh_build_queue(pkg, ver);
+    RETURN new_id;
+END;
+$plpgsql$;
+
+-- delete_build: forget every build of a release so that it is built again;
+-- returns the names of the files that were recorded
+CREATE FUNCTION delete_build(pkg VARCHAR, ver VARCHAR) RETURNS SETOF VARCHAR
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+BEGIN
+    RETURN QUERY
+    SELECT f.filename
+    FROM builds b JOIN files f ON f.build_id = b.build_id
+    WHERE b.package = pkg AND b.version = ver;
+
+    DELETE FROM builds WHERE package = pkg AND version = ver;
+    PERFORM refresh_build_queue(pkg, ver);
+END;
+$plpgsql$;
+
+CREATE FUNCTION get_build(bid INTEGER)
+RETURNS TABLE (
+    build_id INTEGER, package VARCHAR, version VARCHAR, built_by INTEGER,
+    builder_label VARCHAR, built_at TIMESTAMP WITH TIME ZONE,
+    duration INTERVAL, status BOOLEAN, abi_tag VARCHAR, reason VARCHAR
+)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT b.build_id, b.package, b.version, b.built_by, b.builder_label,
+           b.built_at, b.duration, b.status, b.abi_tag, b.reason
+    FROM builds b WHERE b.build_id = bid
+$sql$;
+
+CREATE FUNCTION get_build_output(bid INTEGER) RETURNS TEXT
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT output FROM output WHERE build_id = bid
+$sql$;
+
+CREATE FUNCTION get_build_files(bid INTEGER)
+RETURNS TABLE (
+    filename VARCHAR, filesize BIGINT, filehash CHAR(64),
+    package_tag VARCHAR, package_version_tag VARCHAR, py_version_tag VARCHAR,
+    abi_tag VARCHAR, platform_tag VARCHAR, requires_python VARCHAR,
+    location VARCHAR
+)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT f.filename, f.filesize, f.filehash, f.package_tag,
+           f.package_version_tag, f.py_version_tag, f.abi_tag,
+           f.platform_tag, f.requires_python, f.location
+    FROM files f WHERE f.build_id = bid ORDER BY f.filename
+$sql$;
+
+-------------------------------------------------------------------------------
+-- Hits, statistics and the search index
+-------------------------------------------------------------------------------
+
+CREATE FUNCTION log_download(
+    fname VARCHAR, host INET, at TIMESTAMP WITH TIME ZONE,
+    arch VARCHAR DEFAULT NULL, distro_name VARCHAR DEFAULT NULL,
+    distro_version VARCHAR DEFAULT NULL, os_name VARCHAR DEFAULT NULL,
+    os_version VARCHAR DEFAULT NULL, py_name VARCHAR DEFAULT NULL,
+    py_version VARCHAR DEFAULT NULL, installer_name VARCHAR DEFAULT NULL,
+    installer_version VARCHAR DEFAULT NULL,
+    setuptools_version VARCHAR DEFAULT NULL
+) RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    INSERT INTO downloads VALUES (
+        fname, host, at, left(arch, 100), left(distro_name, 100),
+        left(distro_version, 100), left(os_name, 100), left(os_version, 100),
+        left(py_name, 100), left(py_version, 100), left(installer_name, 20),
+        left(installer_version, 100), left(setuptools_version, 100))
+$sql$;
+
+CREATE FUNCTION log_search(
+    pkg VARCHAR, host INET, at TIMESTAMP WITH TIME ZONE,
+    arch VARCHAR DEFAULT NULL, distro_name VARCHAR DEFAULT NULL,
+    distro_version VARCHAR DEFAULT NULL, os_name VARCHAR DEFAULT NULL,
+    os_version VARCHAR DEFAULT NULL, py_name VARCHAR DEFAULT NULL,
+    py_version VARCHAR DEFAULT NULL, installer_name VARCHAR DEFAULT NULL,
+    installer_version VARCHAR DEFAULT NULL,
+    setuptools_version VARCHAR DEFAULT NULL
+) RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    INSERT INTO searches VALUES (
+        left(pkg, 200), host, at, left(arch, 100), left(distro_name, 100),
+        left(distro_version, 100), left(os_name, 100), left(os_version, 100),
+        left(py_name, 100), left(py_version, 100), left(installer_name, 20),
+        left(installer_version, 100), left(setuptools_version, 100))
+$sql$;
+
+CREATE FUNCTION log_project(
+    pkg VARCHAR, host INET, at TIMESTAMP WITH TIME ZONE, agent VARCHAR,
+    is_bot BOOLEAN DEFAULT false
+) RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    INSERT INTO project_page_hits VALUES
+        (left(pkg, 200), host, at, left(agent, 2000), is_bot)
+$sql$;
+
+CREATE FUNCTION log_json(
+    pkg VARCHAR, host INET, at TIMESTAMP WITH TIME ZONE, agent VARCHAR,
+    is_bot BOOLEAN DEFAULT false
+) RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    INSERT INTO project_json_downloads VALUES
+        (left(pkg, 200), host, at, left(agent, 2000), is_bot)
+$sql$;
+
+CREATE FUNCTION log_page(
+    page_name VARCHAR, host INET, at TIMESTAMP WITH TIME ZONE, agent VARCHAR,
+    is_bot BOOLEAN DEFAULT false
+) RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    INSERT INTO web_page_hits VALUES
+        (left(page_name, 100), host, at, left(agent, 2000), is_bot)
+$sql$;
+
+CREATE FUNCTION get_statistics()
+RETURNS TABLE (
+    packages_count BIGINT, packages_built BIGINT, versions_count BIGINT,
+    versions_tried BIGINT, builds_count BIGINT, builds_count_success BIGINT,
+    builds_count_last_hour BIGINT, builds_time INTERVAL, files_count BIGINT,
+    builds_size BIGINT, downloads_last_month BIGINT, downloads_all BIGINT
+)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT
+        (SELECT COUNT(*) FROM packages WHERE skip = ''),
+        (SELECT COUNT(DISTINCT b.package)
+         FROM builds b WHERE b.status),
+        (SELECT COUNT(*) FROM packages p JOIN versions v USING (package)
+         WHERE p.skip = '' AND v.skip = ''),
+        (SELECT COUNT(*) FROM (SELECT DISTINCT package, version FROM builds) t),
+        (SELECT COUNT(*) FROM builds),
+        (SELECT COUNT(*) FROM builds WHERE status),
+        (SELECT COUNT(*) FROM builds
+         WHERE built_at > CURRENT_TIMESTAMP - INTERVAL '1 hour'),
+        (SELECT COALESCE(SUM(duration), INTERVAL '0') FROM builds),
+        (SELECT COUNT(*) FROM files),
+        (SELECT COALESCE(SUM(filesize), 0)::BIGINT FROM files),
+        (SELECT COUNT(*) FROM downloads
+         WHERE accessed_at > CURRENT_TIMESTAMP - INTERVAL '30 days'),
+        (SELECT COUNT(*) FROM downloads)
+$sql$;
+
+CREATE FUNCTION get_queue_lengths()
+RETURNS TABLE (abi_tag VARCHAR, queued BIGINT)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT a.abi_tag, COUNT(q.package)
+    FROM build_abis a LEFT JOIN build_queue q ON q.abi_tag = a.abi_tag
+    WHERE a.skip = ''
+    GROUP BY a.abi_tag
+    ORDER BY a.abi_tag
+$sql$;
+
+-- get_search_index: every package with its description and downloads in
+-- the last 30 days and all time, most downloaded first
+CREATE FUNCTION get_search_index()
+RETURNS TABLE (package VARCHAR, description VARCHAR,
+               downloads_recent BIGINT, downloads_all BIGINT)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    WITH counts AS (
+        SELECT
+            f.package_tag AS tag,
+            COUNT(*) FILTER (
+                WHERE d.accessed_at > CURRENT_TIMESTAMP - INTERVAL '30 days'
+            ) AS recent,
+            COUNT(*) AS total
+        FROM downloads d JOIN files f ON f.filename = d.filename
+        GROUP BY f.package_tag
+    )
+    SELECT p.package, p.description,
+           COALESCE(SUM(c.recent), 0)::BIGINT,
+           COALESCE(SUM(c.total), 0)::BIGINT
+    FROM packages p
+    LEFT JOIN counts c
+        ON lower(regexp_replace(c.tag, '[-_.]+', '-', 'g')) = p.package
+    WHERE p.skip = ''
+    GROUP BY p.package, p.description
+    ORDER BY 3 DESC, p.package
+$sql$;
+
+-------------------------------------------------------------------------------
+-- The page writer's queue across restarts
+-------------------------------------------------------------------------------
+
+CREATE FUNCTION load_rewrites_pending()
+RETURNS TABLE (package VARCHAR, added_at TIMESTAMP WITH TIME ZONE,
+               command VARCHAR)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT r.package, r.added_at, r.command
+    FROM rewrites_pending r ORDER BY r.added_at, r.package
+$sql$;
+
+-- save_rewrites_pending: replace the saved queue with "pending", a JSON
+-- array of objects with package, added_at and command
+CREATE FUNCTION save_rewrites_pending(pending JSONB) RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    DELETE FROM rewrites_pending;
+    INSERT INTO rewrites_pending (package, added_at, command)
+    SELECT r.package, r.added_at, r.command
+    FROM jsonb_to_recordset(pending)
+        AS r(package VARCHAR, added_at TIMESTAMP WITH TIME ZONE, command VARCHAR);
+$sql$;
+
+-------------------------------------------------------------------------------
+-- What the master's role may do: run the functions above, nothing else
+-------------------------------------------------------------------------------
+
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO @MASTER_ROLE@;
+
+SELECT rebuild_build_queue();
