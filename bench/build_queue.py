@@ -267,7 +267,7 @@ SELECT build_id, package, version, built_by, 'pi-' || built_by,
                         'could not build dependencies',
                         'build timed out',
                         'compiler error'])[1 + build_id % 4] END
-FROM (SELECT *, 1 + (build_id * 7919) % 40 AS built_by
+FROM (SELECT *, (1 + (build_id::bigint * 7919) % 40)::int AS built_by
       FROM bench_gen.builds) AS b
 ORDER BY build_id;
 """
