@@ -1,0 +1,125 @@
+"""``twistd -n piwheels-builder``: options and the builder's service."""
+
+import os
+import re
+import socket
+
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from ..config import ToolOptions
+from ..logs import add_log_observers
+from ..shared_secret import SecretError, read_secret
+from .client import BuilderService
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
+_SIZE = re.compile(r"^(\d+)([KMGT]?)i?B?$", re.IGNORECASE)
+
+
+def parse_duration(value):
+    """'3h', '90m', '1h30m', '45s' or plain seconds -> seconds (float)."""
+    match = _DURATION.match(value.strip())
+    if not value.strip() or not match or not any(match.groups()):
+        raise ValueError(f"{value!r} is not a duration like 3h, 90m or 45s")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if total <= 0:
+        raise ValueError("a duration must be longer than nothing")
+    return float(total)
+
+
+def parse_size(value):
+    """'2G', '512M', '1024K' or plain bytes -> bytes (int)."""
+    match = _SIZE.match(value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a size like 2G or 512M")
+    number, unit = match.groups()
+    return int(number) * 1024 ** " KMGT".index(unit.upper() or " ")
+
+
+def master_endpoint_description(master):
+    """``HOST[:PORT]`` (IPv6 in brackets) -> a client endpoint description;
+    anything with an endpoint type prefix (tcp:, tls:, unix:) is kept."""
+    if re.match(r"^(tcp|tls|unix|ssl|tcp6):", master):
+        return master
+    host, port = master, "5555"
+    bracketed = re.match(r"^\[([^\]]+)\](?::(\d+))?$", master)
+    if bracketed:
+        host, port = bracketed.group(1), bracketed.group(2) or port
+    elif master.count(":") == 1:
+        host, port = master.split(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{master!r} is not HOST[:PORT]")
+    host = host.replace(":", r"\:")
+    return f"tcp:host={host}:port={port}"
+
+
+class Options(ToolOptions):
+    """twistd piwheels-builder [options]"""
+
+    config_section = "builder"
+    synopsis = "Usage: twistd [twistd options] piwheels-builder [options]"
+    longdesc = "A piwtwist builder: builds what the master asks for."
+    optParameters = [
+        ["master", "m", "localhost",
+         "The master, as HOST[:PORT] or an endpoint description (use tls:... "
+         "for TLS)."],
+        ["build-dir", "d", "/tmp/piwtwist-builder",
+         "Where builds happen (each in a fresh folder that is deleted)."],
+        ["label", "L", socket.gethostname(),
+         "A name for this builder, shown by the monitors."],
+        ["timeout", "t", "3h",
+         "The longest a build may take (e.g. 3h, 90m).", parse_duration],
+        ["busy-timeout", None, "5m",
+         "How long the master waits for a sign of life while building.",
+         parse_duration],
+        ["memory-limit", None, None,
+         "The most memory a build may use (e.g. 2G).", parse_size],
+        ["secret-file", None, "/etc/piwheels/secret",
+         "File holding the secret shared with the master."],
+    ]
+
+    def postOptions(self):
+        if os.geteuid() == 0:
+            raise usage.UsageError(
+                "refusing to run as root: a builder runs other people's "
+                "code; run it as an ordinary user")
+        for name, parse in (("timeout", parse_duration),
+                            ("busy-timeout", parse_duration)):
+            if isinstance(self[name], str):
+                self[name] = parse(self[name])
+        try:
+            self["endpoint"] = master_endpoint_description(self["master"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        try:
+            self["secret"] = read_secret(self["secret-file"])
+        except SecretError as e:
+            raise usage.UsageError(str(e))
+
+
+class _LoggingBuilder(BuilderService):
+    def __init__(self, options, **kwargs):
+        super().__init__(**kwargs)
+        self.options = options
+        self._observers = None
+
+    def startService(self):
+        self._observers = add_log_observers(self.options)
+        super().startService()
+
+    async def stopService(self):
+        await super().stopService()
+        if self._observers is not None:
+            self._observers.remove()
+
+
+def makeService(options):
+    from twisted.internet import reactor
+    endpoint = endpoints.clientFromString(reactor, options["endpoint"])
+    return _LoggingBuilder(
+        options, reactor=reactor, endpoint=endpoint,
+        secret=options["secret"], build_dir=options["build-dir"],
+        label=options["label"], build_timeout=options["timeout"],
+        busy_timeout=options["busy-timeout"],
+        memory_limit=options["memory-limit"])

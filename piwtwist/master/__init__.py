@@ -1,0 +1,1 @@
+"""The master: one reactor, one service tree (see DESIGN.md)."""

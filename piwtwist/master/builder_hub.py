@@ -1,0 +1,573 @@
+"""The builder hub: the master's side of every builder connection.
+
+Each connection is a :class:`BuilderConnection` (one AMP protocol, one
+builder); the :class:`BuilderHub` service owns them all, hands out work from
+the build queue, watches the builders' pings, fetches finished wheels
+through the file receiver and records builds in the database.  The controls
+a monitor uses (kill, skip, sleep, wake) live here too.
+"""
+
+import hashlib
+import os
+import secrets
+from datetime import timedelta
+from itertools import count
+
+import attrs
+from packaging.utils import canonicalize_name, canonicalize_version
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from .. import __version__
+from ..db.pool import DatabaseUnavailable
+from ..db.records import BuildFile, BuildResult, Dependency, QueueEntry
+from ..protocol import builder as proto
+from ..transfer.receiver import TransferFailed, TransferInterrupted
+
+#: One armv7l build serves armv6l too: Raspberry Pi OS runs the same
+#: binaries on both (piwheels does the same).
+DEFAULT_PLATFORM_ALIASES = {"linux_armv7l": ("linux_armv6l",)}
+
+#: The largest build log accepted (bigger logs are a runaway build).
+MAX_LOG_BYTES = 256 * 1024 * 1024
+
+
+@attrs.define
+class BuilderState:
+    """What the hub knows of one connected builder (monitors read this)."""
+
+    builder_id: int
+    label: str = ""
+    abi_tag: str = ""
+    py_tag: str = ""
+    platform_tag: str = ""
+    os_name: str = ""
+    os_version: str = ""
+    board_revision: str = ""
+    board_serial: str = ""
+    version: str = ""
+    build_timeout: float = 3 * 3600.0
+    busy_timeout: float = 300.0
+    address: str = ""
+    connected_at: float = 0.0
+    last_seen: float = 0.0
+    stats: dict = attrs.Factory(dict)
+    entry: QueueEntry | None = None
+    build_started: float | None = None
+    status: str = "connecting"
+    sleeping: bool = False
+    kill_requested: bool = False
+    skip_requested: bool = False
+
+
+class BuilderConnection(amp.AMP):
+    """One builder, from Hello to Bye."""
+
+    log = Logger()
+
+    def __init__(self, hub, builder_id):
+        super().__init__()
+        self.hub = hub
+        self.info = BuilderState(builder_id=builder_id)
+        self.authenticated = False
+        self._challenge = None
+        self._log = bytearray()
+        self._watchdog = None
+        self._resuming = (None, None)
+
+    # connection -----------------------------------------------------------
+
+    def connectionMade(self):
+        super().connectionMade()
+        now = self.hub.clock.seconds()
+        peer = self.transport.getPeer()
+        self.info.address = str(getattr(peer, "host", peer))
+        self.info.connected_at = self.info.last_seen = now
+        # a connection that never says hello is dropped after a while
+        self._arm_watchdog(self.hub.hello_timeout)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self._disarm_watchdog()
+        self.hub.connection_lost(self)
+
+    def _arm_watchdog(self, seconds):
+        self._disarm_watchdog()
+        self._watchdog = self.hub.clock.callLater(seconds, self._timed_out)
+
+    def _disarm_watchdog(self):
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+
+    def _timed_out(self):
+        self._watchdog = None
+        self.log.warn("builder {id} ({label}) went quiet; dropping it",
+                      id=self.info.builder_id, label=self.info.label)
+        self.transport.abortConnection()
+
+    def _seen(self):
+        self.info.last_seen = self.hub.clock.seconds()
+        self._arm_watchdog(self.info.busy_timeout)
+
+    def _require_authentication(self):
+        if not self.authenticated:
+            raise proto.NotAuthenticated("say hello and authenticate first")
+
+    # handshake ------------------------------------------------------------
+
+    @proto.Hello.responder
+    def hello(self, version, nonce, build_timeout, busy_timeout, py_tag,
+              abi_tag, platform_tag, label, os_name, os_version,
+              board_revision, board_serial, current_package=None,
+              current_version=None):
+        if self._challenge is not None:
+            raise proto.ProtocolViolation("hello was already said")
+        if version != __version__:
+            self.log.warn("refused builder at {address}: {why}",
+                          address=self.info.address,
+                          why=proto.version_mismatch_message(version))
+            raise proto.VersionMismatch(
+                proto.version_mismatch_message(version))
+        if not (1 <= len(nonce) <= 1024):
+            raise proto.ProtocolViolation("the nonce must be 1 to 1024 bytes")
+        if not abi_tag or busy_timeout <= 0 or build_timeout <= 0:
+            raise proto.ProtocolViolation("hello needs an ABI and timeouts")
+        self.info = attrs.evolve(
+            self.info, label=label, abi_tag=abi_tag, py_tag=py_tag,
+            platform_tag=platform_tag, os_name=os_name, os_version=os_version,
+            board_revision=board_revision, board_serial=board_serial,
+            version=version, build_timeout=build_timeout,
+            busy_timeout=busy_timeout)
+        self._resuming = (current_package, current_version)
+        self._challenge = secrets.token_bytes(proto.NONCE_BYTES)
+        return {"challenge": self._challenge,
+                "proof": proto.master_proof(self.hub.secret, nonce)}
+
+    @proto.Authenticate.responder
+    def authenticate(self, proof):
+        if self._challenge is None or self.authenticated:
+            raise proto.ProtocolViolation("authenticate follows hello, once")
+        expected = proto.builder_proof(self.hub.secret, self._challenge)
+        if not proto.proofs_match(expected, proof):
+            self.log.warn("builder at {address} failed to authenticate",
+                          address=self.info.address)
+            self.hub.clock.callLater(0, self.transport.loseConnection)
+            raise proto.AuthenticationFailed("wrong secret")
+        self.authenticated = True
+        self.info.status = "idle"
+        self._seen()
+        package, version = self._resuming
+        if package and version:
+            self.hub.resume(self, package, version)
+        self.hub.builder_ready(self)
+        self.log.info("builder {id} ({label}, {abi}) connected from {address}",
+                      id=self.info.builder_id, label=self.info.label,
+                      abi=self.info.abi_tag, address=self.info.address)
+        return {"builder_id": self.info.builder_id}
+
+    # work -----------------------------------------------------------------
+
+    def _stats(self, timestamp, disk_total, disk_free, mem_total, mem_free,
+               load_average, cpu_temperature=None):
+        self.info.stats = dict(
+            timestamp=timestamp, disk_total=disk_total, disk_free=disk_free,
+            mem_total=mem_total, mem_free=mem_free,
+            load_average=load_average, cpu_temperature=cpu_temperature)
+
+    @proto.Idle.responder
+    def idle(self, **stats):
+        self._require_authentication()
+        self._seen()
+        self._stats(**stats)
+        return self.hub.next_action(self)
+
+    @proto.Busy.responder
+    def busy(self, **stats):
+        self._require_authentication()
+        self._seen()
+        self._stats(**stats)
+        return {"action": self.hub.busy_action(self)}
+
+    @proto.BuildLog.responder
+    def build_log(self, offset, data):
+        self._require_authentication()
+        self._seen()
+        if offset == 0:
+            self._log = bytearray()
+        if offset != len(self._log):
+            raise proto.ProtocolViolation(
+                f"log piece at {offset}, expected {len(self._log)}")
+        if len(self._log) + len(data) > MAX_LOG_BYTES:
+            raise proto.ProtocolViolation("the build log is too large")
+        self._log += data
+        return {}
+
+    @proto.Built.responder
+    def built(self, package, version, status, duration, reason, log_size,
+              log_sha256, files):
+        self._require_authentication()
+        self._seen()
+        entry = self.info.entry
+        if entry is None or (entry.package, entry.version) != (package,
+                                                                version):
+            raise proto.ProtocolViolation(
+                f"{package} {version} is not what this builder was given")
+        if len(self._log) != log_size or \
+                hashlib.sha256(self._log).hexdigest() != log_sha256:
+            raise proto.ProtocolViolation(
+                "the build log did not arrive whole; send it again")
+        output = self._log.decode("utf-8", errors="replace")
+        self._log = bytearray()
+        if status and not files:
+            status, reason = False, "the build succeeded but made no wheel"
+        return {"action": self.hub.built(self, entry, status, duration,
+                                         reason, output, files)}
+
+    @proto.Bye.responder
+    def bye(self, reason):
+        self.log.info("builder {id} ({label}) says goodbye: {reason}",
+                      id=self.info.builder_id, label=self.info.label,
+                      reason=reason)
+        self.info.status = "leaving"
+        self.transport.loseConnection()
+        return {}
+
+
+class BuilderHub(service.Service):
+    """Every builder connection, the work they get and what they built."""
+
+    log = Logger()
+    name = "builder hub"
+
+    def __init__(self, db, queue, receiver, clock, secret, output_path,
+                 index_url, extra_index_urls=(), platform_aliases=None,
+                 idle_delay=10.0, hello_timeout=30.0, stop_grace=60.0):
+        self.db = db
+        self.queue = queue
+        self.receiver = receiver
+        self.clock = clock
+        self.secret = secret
+        self.output_path = output_path
+        self.index_url = index_url
+        self.extra_index_urls = list(extra_index_urls)
+        self.platform_aliases = (DEFAULT_PLATFORM_ALIASES
+                                 if platform_aliases is None
+                                 else platform_aliases)
+        self.idle_delay = idle_delay
+        self.hello_timeout = hello_timeout
+        self.stop_grace = stop_grace
+        self.paused = False
+        self.connections = {}
+        self._ids = count(1)
+        self._orphans = {}
+        self._recording = set()
+        self.build_listeners = []
+
+    def factory(self):
+        return Factory.forProtocol(lambda: self._new_connection())
+
+    def _new_connection(self):
+        connection = BuilderConnection(self, next(self._ids))
+        self.connections[connection.info.builder_id] = connection
+        return connection
+
+    # service --------------------------------------------------------------
+
+    def stopService(self):
+        super().stopService()
+        for call in self._orphans.values():
+            if call.active():
+                call.cancel()
+        self._orphans.clear()
+        self.receiver.abandon()
+        for connection in list(self.connections.values()):
+            if connection.authenticated:
+                connection.callRemote(proto.Bye,
+                                      reason="the master is shutting down")
+            connection.transport.loseConnection()
+        return defer.succeed(None)
+
+    # connections ----------------------------------------------------------
+
+    def builder_ready(self, connection):
+        pass
+
+    def connection_lost(self, connection):
+        state = connection.info
+        self.connections.pop(state.builder_id, None)
+        entry = state.entry
+        if entry is not None and self.running:
+            # it may come back with the build in hand; if not, re-queue
+            key = (entry.abi_tag, entry.package, entry.version)
+            self._orphans[key] = self.clock.callLater(
+                state.busy_timeout, self._orphan_expired, entry)
+            self.log.info("builder {id} ({label}) lost while holding "
+                          "{package} {version}; waiting {t:.0f}s for it",
+                          id=state.builder_id, label=state.label,
+                          package=entry.package, version=entry.version,
+                          t=state.busy_timeout)
+        elif self.running:
+            self.log.info("builder {id} ({label}) disconnected",
+                          id=state.builder_id, label=state.label)
+
+    def _orphan_expired(self, entry):
+        self._orphans.pop((entry.abi_tag, entry.package, entry.version), None)
+        self.log.info("{package} {version} ({abi}) goes back to the queue",
+                      package=entry.package, version=entry.version,
+                      abi=entry.abi_tag)
+        self.queue.release(entry)
+
+    def resume(self, connection, package, version):
+        """A builder came back holding a build: give it the entry again."""
+        abi = connection.info.abi_tag
+        key = (abi, package, version)
+        call = self._orphans.pop(key, None)
+        if call is not None and call.active():
+            call.cancel()
+        entry = QueueEntry(abi_tag=abi, package=package, version=version,
+                           released=None)
+        holder = self.queue.holder(entry)
+        if holder is not None and holder is not connection and \
+                holder.info.builder_id in self.connections:
+            return  # someone else has it now; this builder's result is late
+        self.queue.hold(entry, connection)
+        self._assign(connection, entry, started=self.clock.seconds())
+
+    def _assign(self, connection, entry, started):
+        connection.info.entry = entry
+        connection.info.build_started = started
+        connection.info.status = "building"
+
+    def _unassign(self, connection):
+        connection.info.entry = None
+        connection.info.build_started = None
+        connection.info.status = "idle"
+        connection.info.skip_requested = False
+
+    # replies --------------------------------------------------------------
+
+    def next_action(self, connection):
+        state = connection.info
+        if state.entry is not None:
+            # it asked for work, so whatever it held was not built
+            self.queue.release(state.entry)
+            self._unassign(connection)
+        if state.kill_requested:
+            state.status = "leaving"
+            return {"action": proto.DIE}
+        if self.paused or state.sleeping:
+            state.status = "sleeping"
+            return {"action": proto.SLEEP, "delay": self.idle_delay}
+        entry = self.queue.take(state.abi_tag, connection)
+        if entry is None:
+            state.status = "idle"
+            return {"action": proto.SLEEP, "delay": self.idle_delay}
+        self._assign(connection, entry, started=self.clock.seconds())
+        self.log.info("builder {id} ({label}) builds {package} {version} "
+                      "for {abi}", id=state.builder_id, label=state.label,
+                      package=entry.package, version=entry.version,
+                      abi=entry.abi_tag)
+        return {"action": proto.BUILD, "package": entry.package,
+                "version": entry.version, "index_url": self.index_url,
+                "extra_index_urls": self.extra_index_urls}
+
+    def busy_action(self, connection):
+        state = connection.info
+        if state.entry is None:
+            return proto.STOP
+        if state.kill_requested or state.skip_requested:
+            return proto.STOP
+        if not self.queue.is_wanted(state.entry):
+            return proto.STOP
+        elapsed = self.clock.seconds() - (state.build_started or 0)
+        if elapsed > state.build_timeout + self.stop_grace:
+            return proto.STOP
+        return proto.CONTINUE
+
+    def built(self, connection, entry, status, duration, reason, output,
+              files):
+        state = connection.info
+        if not status and (state.skip_requested or state.kill_requested
+                           or not self.queue.is_wanted(entry)):
+            # stopped on purpose: nothing to record, and a skipped build
+            # goes back to the queue
+            self.queue.release(entry)
+            self._unassign(connection)
+            return proto.DONE
+        state.status = "sending" if status else "recording"
+        key = (entry.abi_tag, entry.package, entry.version)
+        if key in self._recording:
+            # the same result again (a reconnection mid-recording): the first
+            # attempt will finish the job and send Done
+            return proto.SEND if status else proto.DONE
+        self._recording.add(key)
+        d = defer.Deferred.fromCoroutine(self._record(
+            connection, entry, status, duration, reason, output, files))
+        d.addBoth(self._recorded, key)
+        return proto.SEND if status else proto.DONE
+
+    def _recorded(self, result, key):
+        # _record logs its own failures; this only ends the bookkeeping
+        self._recording.discard(key)
+
+    async def _record(self, connection, entry, status, duration, reason,
+                      output, files):
+        state = connection.info
+        build = BuildResult(
+            package=entry.package, version=entry.version,
+            abi_tag=entry.abi_tag, built_by=state.builder_id,
+            builder_label=state.label,
+            duration=timedelta(seconds=max(duration, 0.0)),
+            status=status, output=output, reason=reason)
+        try:
+            if status:
+                build = await self._fetch_files(connection, entry, build,
+                                                files)
+            await self.db.log_build(build)
+        except TransferInterrupted:
+            self.log.info("transfer from builder {id} interrupted; it will "
+                          "resume when the builder reconnects",
+                          id=state.builder_id)
+            return
+        except DatabaseUnavailable as e:
+            self.log.warn("could not record {package} {version}: {error}; "
+                          "dropping builder {id} so it reports again",
+                          package=entry.package, version=entry.version,
+                          error=str(e), id=state.builder_id)
+            connection.transport.abortConnection()
+            return
+        except Exception:
+            self.log.failure("recording {package} {version} failed",
+                             package=entry.package, version=entry.version)
+            connection.transport.abortConnection()
+            return
+        self.queue.finish(entry)
+        if state.entry == entry:
+            self._unassign(connection)
+        self.log.info("{outcome} {package} {version} for {abi} "
+                      "(builder {id}, {seconds:.1f}s)",
+                      outcome="built" if build.status else "failed to build",
+                      package=entry.package, version=entry.version,
+                      abi=entry.abi_tag, id=state.builder_id,
+                      seconds=build.duration.total_seconds())
+        for listener in list(self.build_listeners):
+            listener(build)
+        if connection.transport is not None and \
+                connection.info.builder_id in self.connections:
+            try:
+                await connection.callRemote(proto.Done, package=entry.package,
+                                            version=entry.version)
+            except Exception as e:
+                self.log.info("builder {id} did not take Done: {error}",
+                              id=state.builder_id, error=str(e))
+
+    async def _fetch_files(self, connection, entry, build, files):
+        """Fetch and verify every wheel; a wheel that will not verify turns
+        the build into a failure that says why."""
+        facts = []
+        for wheel in files:
+            problem = self._check_wheel(entry, wheel)
+            if problem:
+                return attrs.evolve(build, status=False, reason=problem)
+        for wheel in files:
+            try:
+                path = await self.receiver.receive(
+                    connection.callRemote, entry.package, wheel["filename"],
+                    wheel["filesize"], wheel["filehash"])
+            except TransferFailed as e:
+                return attrs.evolve(
+                    build, status=False,
+                    reason=f"{wheel['filename']} failed to arrive intact: {e}",
+                    output=build.output + f"\n\npiwtwist master: {e}\n")
+            facts.append((wheel, path))
+        recorded, dependencies = [], {}
+        for wheel, path in facts:
+            for build_file, deps in self._with_aliases(wheel, path):
+                recorded.append(build_file)
+                dependencies[build_file.filename] = deps
+        return attrs.evolve(build, files=tuple(recorded),
+                            dependencies=dependencies)
+
+    def _check_wheel(self, entry, wheel):
+        if canonicalize_name(wheel["package_tag"]) != entry.package:
+            return (f"{wheel['filename']} is not a wheel of "
+                    f"{entry.package}")
+        if canonicalize_version(wheel["package_version_tag"]) != \
+                canonicalize_version(entry.version):
+            return (f"{wheel['filename']} is not a wheel of version "
+                    f"{entry.version}")
+        return None
+
+    def _with_aliases(self, wheel, path):
+        """The wheel's record, plus one per platform alias (a hard link in
+        the same directory)."""
+        deps = []
+        for item in wheel["dependencies"]:
+            tool, _, name = item.partition(":")
+            if tool in ("apt", "pip", "unresolved") and name:
+                deps.append(Dependency(tool, name))
+        base = BuildFile(
+            filename=wheel["filename"], filesize=wheel["filesize"],
+            filehash=wheel["filehash"], package_tag=wheel["package_tag"],
+            package_version_tag=wheel["package_version_tag"],
+            py_version_tag=wheel["py_version_tag"],
+            abi_tag=wheel["abi_tag"], platform_tag=wheel["platform_tag"],
+            requires_python=wheel["requires_python"],
+            location=os.path.relpath(path, self.output_path))
+        yield base, deps
+        for alias in self.platform_aliases.get(wheel["platform_tag"], ()):
+            stem = wheel["filename"][:-len(".whl")]
+            alias_name = stem[:-len(wheel["platform_tag"])] + alias + ".whl"
+            alias_path = path.with_name(alias_name)
+            temporary = path.with_name(f".{alias_name}.link")
+            if temporary.exists():
+                temporary.unlink()
+            os.link(path, temporary)
+            os.replace(temporary, alias_path)
+            yield attrs.evolve(
+                base, filename=alias_name, platform_tag=alias,
+                location=os.path.relpath(alias_path, self.output_path)), deps
+
+    # controls -------------------------------------------------------------
+
+    def _targets(self, builder_id):
+        if builder_id is None:
+            return list(self.connections.values())
+        connection = self.connections.get(builder_id)
+        if connection is None:
+            raise KeyError(f"no builder {builder_id}")
+        return [connection]
+
+    def kill(self, builder_id=None):
+        """Stop the builder(s): the current build stops, then they exit."""
+        for connection in self._targets(builder_id):
+            connection.info.kill_requested = True
+
+    def skip(self, builder_id=None):
+        """Abandon the builder(s)' current build."""
+        for connection in self._targets(builder_id):
+            if connection.info.entry is not None:
+                connection.info.skip_requested = True
+
+    def sleep(self, builder_id=None):
+        """No new work for the builder(s) until woken."""
+        for connection in self._targets(builder_id):
+            connection.info.sleeping = True
+
+    def wake(self, builder_id=None):
+        for connection in self._targets(builder_id):
+            connection.info.sleeping = False
+
+    def pause(self):
+        self.paused = True
+
+    def resume_all(self):
+        self.paused = False
+
+    def status(self):
+        """A snapshot of every builder, for monitors."""
+        return [attrs.evolve(c.info) for c in self.connections.values()]

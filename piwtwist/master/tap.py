@@ -1,0 +1,177 @@
+"""``twistd -n piwheels-master``: options and the master's service tree.
+
+``makeService`` cannot wait, so the tree starts in two steps: the database
+pool first (connect, check the schema version, record the ABIs), then
+everything that needs the database.  If the first step fails the reactor
+stops with one clear sentence instead of a half-started master.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from twisted.application import service, strports
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ..config import ToolOptions
+from ..db.client import Database
+from ..db.pool import ConnectionPool
+from ..logs import add_log_observers
+from ..shared_secret import SecretError, read_secret
+from ..transfer.receiver import FileReceiver
+from .build_queue import BuildQueue
+from .builder_hub import DEFAULT_PLATFORM_ALIASES, BuilderHub
+from .systemd import notify_ready, notify_stopping
+
+
+def _platform_aliases(value):
+    """``linux_armv7l=linux_armv6l linux_aarch64=...`` -> mapping."""
+    aliases = {}
+    for item in value.split():
+        source, _, targets = item.partition("=")
+        if not source or not targets:
+            raise ValueError(f"{item!r} is not PLATFORM=ALIAS[,ALIAS]")
+        aliases[source] = tuple(t for t in targets.split(",") if t)
+    return aliases
+
+
+class Options(ToolOptions):
+    """twistd piwheels-master [options]"""
+
+    config_section = "master"
+    synopsis = "Usage: twistd [twistd options] piwheels-master [options]"
+    longdesc = ("The piwtwist master: follows PyPI, queues builds, hands "
+                "them to builders and publishes the wheels.")
+    list_options = ["build-abi", "debug"]
+    optParameters = [
+        ["dsn", "d", "postgresql:///piwheels",
+         "The database to use (libpq connection string or URI)."],
+        ["output-path", "o", "/var/www",
+         "Where the output tree (the package index and pages) goes."],
+        ["pypi-xmlrpc", None, "https://pypi.org/pypi",
+         "PyPI's XML-RPC API."],
+        ["pypi-simple", None, "https://pypi.org/simple/",
+         "PyPI's simple index, which builders download sources from."],
+        ["pypi-json", None, "https://pypi.org/pypi",
+         "PyPI's JSON API."],
+        ["builder-queue", None, "tcp:5555",
+         "Endpoint description builders connect to."],
+        ["import-queue", None, "unix:/tmp/piw-import",
+         "Endpoint description of the admin tools' socket."],
+        ["control-queue", None, "unix:/tmp/piw-control",
+         "Endpoint description of the monitors' socket."],
+        ["log-queue", None, "unix:/tmp/piw-logger",
+         "Endpoint description of piw-logger's socket."],
+        ["http-endpoint", None, None,
+         "Serve the output tree over HTTP on this endpoint too."],
+        ["build-abi", None, None,
+         "An ABI to build for (repeatable), e.g. cp311."],
+        ["secret-file", None, "/etc/piwheels/secret",
+         "File holding the secret builders must prove they know."],
+        ["platform-aliases", None, "linux_armv7l=linux_armv6l",
+         "Platforms whose wheels also serve others: SOURCE=ALIAS[,ALIAS]...",
+         _platform_aliases],
+        ["debug", None, None,
+         "Log debug messages of one service (repeatable), e.g. "
+         "'builder hub'."],
+    ]
+    optFlags = [
+        ["dev-mode", None,
+         "Development mode: shorter delays, no pages of every package."],
+    ]
+
+    def opt_slave_queue(self, value):
+        """Alias of --builder-queue, as piwheels spelled it."""
+        self["builder-queue"] = value
+
+    def postOptions(self):
+        if os.geteuid() == 0:
+            raise usage.UsageError(
+                "refusing to run as root: run the master as an ordinary "
+                "user (for example piwheels)")
+        if not self["build-abi"]:
+            raise usage.UsageError(
+                "give at least one --build-abi (for example cp311)")
+        for abi in self["build-abi"]:
+            if abi in ("none", "abi3") or not abi.isascii() or \
+                    not abi.replace("_", "").isalnum():
+                raise usage.UsageError(f"{abi!r} is not an ABI to build for")
+        try:
+            self["secret"] = read_secret(self["secret-file"])
+        except SecretError as e:
+            raise usage.UsageError(str(e))
+        self["output-path"] = Path(self["output-path"]).absolute()
+        if isinstance(self["platform-aliases"], str):
+            self["platform-aliases"] = _platform_aliases(
+                self["platform-aliases"])
+
+
+class MasterService(service.MultiService):
+    """The master: starts the database first, then everything else."""
+
+    log = Logger()
+
+    def __init__(self, options, reactor):
+        super().__init__()
+        self.options = options
+        self.reactor = reactor
+        self.pool = ConnectionPool(options["dsn"], reactor)
+        self.pool.setServiceParent(self)
+        self.db = Database(self.pool)
+        self.dependents = service.MultiService()
+        self.log_observers = None
+        self.started = None
+        output = options["output-path"]
+        self.queue = BuildQueue(self.db, reactor,
+                                refresh_interval=10.0 if options["dev-mode"]
+                                else 60.0)
+        self.queue.setServiceParent(self.dependents)
+        self.receiver = FileReceiver(output, reactor=reactor)
+        self.hub = BuilderHub(
+            self.db, self.queue, self.receiver, reactor, options["secret"],
+            output, index_url=options["pypi-simple"],
+            platform_aliases=options["platform-aliases"],
+            idle_delay=2.0 if options["dev-mode"] else 10.0)
+        self.hub.setServiceParent(self.dependents)
+        strports.service(options["builder-queue"],
+                         self.hub.factory()).setServiceParent(self.dependents)
+
+    def startService(self):
+        self.log_observers = add_log_observers(self.options)
+        super().startService()
+        self.started = defer.Deferred.fromCoroutine(self._start())
+        self.started.addErrback(self._failed)
+
+    async def _start(self):
+        await self.pool.ready
+        await self.db.set_build_abis(self.options["build-abi"])
+        self.options["output-path"].mkdir(parents=True, exist_ok=True)
+        self.dependents.setServiceParent(self)
+        if not self.dependents.running:
+            self.dependents.startService()
+        self.log.info("piwtwist master ready: building for {abis}, builders "
+                      "on {endpoint}",
+                      abis=", ".join(self.options["build-abi"]),
+                      endpoint=self.options["builder-queue"])
+        notify_ready()
+
+    def _failed(self, failure):
+        self.log.critical("the master cannot start: {why}",
+                          why=failure.getErrorMessage())
+        sys.stderr.write(f"piwheels-master: cannot start: "
+                         f"{failure.getErrorMessage()}\n")
+        if self.reactor.running:
+            self.reactor.stop()
+
+    async def stopService(self):
+        notify_stopping()
+        await super().stopService()
+        if self.log_observers is not None:
+            self.log_observers.remove()
+
+
+def makeService(options):
+    from twisted.internet import reactor
+    return MasterService(options, reactor)

@@ -1,0 +1,216 @@
+"""The conversation between a builder and the master's builder hub, over AMP.
+
+The builder connects and speaks first; the master answers every command
+with what the builder should do next, so a builder is never told anything
+it did not ask about except the transfer requests below.
+
+Builder -> master:
+
+``Hello``         who I am (versions, ABI, platform, label, machine, limits)
+                  and a nonce; answered by a challenge and the master's proof
+                  that it knows the shared secret.
+``Authenticate``  my proof that I know the secret; answered by my builder id.
+``Idle``          machine stats; answered by ``build`` (with what to build and
+                  from which index), ``sleep`` (ask again later) or ``die``.
+``Busy``          a ping while building; answered by ``continue`` or ``stop``.
+``BuildLog``      one piece of the build log (logs are larger than an AMP
+                  value may be), sent before ``Built``.
+``Built``         the outcome: status, duration, the log's size and hash, and
+                  every wheel's facts; answered by ``send`` (the master will
+                  fetch the files) or ``done`` (nothing to fetch).
+``Bye``           I am going away.
+
+Master -> builder:
+
+``FetchChunk``    (see :mod:`piwtwist.protocol.transfer`) a range of a wheel.
+``Done``          the build is recorded; the builder may delete its files and
+                  ask for work again.
+
+The shared secret never crosses the wire: each side proves it knows it with
+an HMAC over the other side's random nonce.
+"""
+
+import hashlib
+import hmac
+
+from twisted.protocols import amp
+
+from .. import __version__
+
+#: Replies to Idle.
+BUILD, SLEEP, DIE = "build", "sleep", "die"
+#: Replies to Busy.
+CONTINUE, STOP = "continue", "stop"
+#: Replies to Built.
+SEND, DONE = "send", "done"
+
+NONCE_BYTES = 32
+
+
+class VersionMismatch(Exception):
+    """The builder runs another piwtwist version than the master."""
+
+
+class AuthenticationFailed(Exception):
+    """The builder's proof did not match the master's secret."""
+
+
+class NotAuthenticated(Exception):
+    """A command came before Hello and Authenticate succeeded."""
+
+
+class ProtocolViolation(Exception):
+    """A command that makes no sense in the builder's current state."""
+
+
+_ERRORS = {
+    NotAuthenticated: b"NOT_AUTHENTICATED",
+    ProtocolViolation: b"PROTOCOL_VIOLATION",
+}
+
+
+class Hello(amp.Command):
+    commandName = b"hello"
+    arguments = [
+        (b"version", amp.Unicode()),
+        (b"nonce", amp.String()),
+        (b"build_timeout", amp.Float()),
+        (b"busy_timeout", amp.Float()),
+        (b"py_tag", amp.Unicode()),
+        (b"abi_tag", amp.Unicode()),
+        (b"platform_tag", amp.Unicode()),
+        (b"label", amp.Unicode()),
+        (b"os_name", amp.Unicode()),
+        (b"os_version", amp.Unicode()),
+        (b"board_revision", amp.Unicode()),
+        (b"board_serial", amp.Unicode()),
+        # what the builder is still busy with after a reconnection
+        (b"current_package", amp.Unicode(optional=True)),
+        (b"current_version", amp.Unicode(optional=True)),
+    ]
+    response = [
+        (b"challenge", amp.String()),
+        (b"proof", amp.String()),
+    ]
+    errors = {VersionMismatch: b"VERSION_MISMATCH",
+              ProtocolViolation: b"PROTOCOL_VIOLATION"}
+
+
+class Authenticate(amp.Command):
+    commandName = b"authenticate"
+    arguments = [(b"proof", amp.String())]
+    response = [(b"builder_id", amp.Integer())]
+    errors = {AuthenticationFailed: b"AUTHENTICATION_FAILED",
+              ProtocolViolation: b"PROTOCOL_VIOLATION"}
+
+
+_STATS = [
+    (b"timestamp", amp.Float()),
+    (b"disk_total", amp.Integer()),
+    (b"disk_free", amp.Integer()),
+    (b"mem_total", amp.Integer()),
+    (b"mem_free", amp.Integer()),
+    (b"load_average", amp.Float()),
+    (b"cpu_temperature", amp.Float(optional=True)),
+]
+
+
+class Idle(amp.Command):
+    commandName = b"idle"
+    arguments = list(_STATS)
+    response = [
+        (b"action", amp.Unicode()),
+        (b"package", amp.Unicode(optional=True)),
+        (b"version", amp.Unicode(optional=True)),
+        (b"index_url", amp.Unicode(optional=True)),
+        (b"extra_index_urls", amp.ListOf(amp.Unicode(), optional=True)),
+        (b"delay", amp.Float(optional=True)),
+    ]
+    errors = dict(_ERRORS)
+
+
+class Busy(amp.Command):
+    commandName = b"busy"
+    arguments = list(_STATS)
+    response = [(b"action", amp.Unicode())]
+    errors = dict(_ERRORS)
+
+
+class BuildLog(amp.Command):
+    """A piece of the log; pieces arrive in order, each under AMP's limit."""
+
+    commandName = b"build-log"
+    arguments = [(b"offset", amp.Integer()), (b"data", amp.String())]
+    response = []
+    errors = dict(_ERRORS)
+
+
+#: The most log bytes one BuildLog carries.
+LOG_CHUNK = 48 * 1024
+
+WHEEL_FACTS = [
+    (b"filename", amp.Unicode()),
+    (b"filesize", amp.Integer()),
+    (b"filehash", amp.Unicode()),
+    (b"package_tag", amp.Unicode()),
+    (b"package_version_tag", amp.Unicode()),
+    (b"py_version_tag", amp.Unicode()),
+    (b"abi_tag", amp.Unicode()),
+    (b"platform_tag", amp.Unicode()),
+    (b"requires_python", amp.Unicode()),
+    # "tool:name" pairs, e.g. "apt:libc6", "pip:requests"
+    (b"dependencies", amp.ListOf(amp.Unicode())),
+]
+
+
+class Built(amp.Command):
+    commandName = b"built"
+    arguments = [
+        (b"package", amp.Unicode()),
+        (b"version", amp.Unicode()),
+        (b"status", amp.Boolean()),
+        (b"duration", amp.Float()),
+        (b"reason", amp.Unicode()),
+        (b"log_size", amp.Integer()),
+        (b"log_sha256", amp.Unicode()),
+        (b"files", amp.AmpList(WHEEL_FACTS)),
+    ]
+    response = [(b"action", amp.Unicode())]
+    errors = dict(_ERRORS)
+
+
+class Bye(amp.Command):
+    commandName = b"bye"
+    arguments = [(b"reason", amp.Unicode())]
+    response = []
+    requiresAnswer = False
+
+
+class Done(amp.Command):
+    """Master -> builder: the build is recorded (or given up on)."""
+
+    commandName = b"done"
+    arguments = [(b"package", amp.Unicode()), (b"version", amp.Unicode())]
+    response = []
+
+
+def master_proof(secret, nonce):
+    """What the master sends to show it knows *secret*."""
+    return hmac.new(secret, b"piwtwist master\0" + nonce,
+                    hashlib.sha256).digest()
+
+
+def builder_proof(secret, challenge):
+    """What a builder sends to show it knows *secret*."""
+    return hmac.new(secret, b"piwtwist builder\0" + challenge,
+                    hashlib.sha256).digest()
+
+
+def proofs_match(expected, given):
+    return hmac.compare_digest(expected, given)
+
+
+def version_mismatch_message(builder_version, master_version=__version__):
+    return (f"this builder runs piwtwist {builder_version} but the master "
+            f"runs {master_version}; upgrade the builder to "
+            f"{master_version}")
