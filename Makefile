@@ -2,7 +2,11 @@
 # Both install what is missing first: PostgreSQL's server through apt (when
 # run as root on Debian), and a virtual environment with piwtwist in it.
 
-PYTHON ?= python3
+# Debian's own Python where there is one: the services run as an ordinary
+# user in the tests and the demo, and must be able to execute the
+# interpreter the virtual environment points at (a Python installed under
+# /root, as pyenv does, is out of their reach).
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 VENV ?= .venv
 PIP = $(VENV)/bin/pip
 PY = $(VENV)/bin/python
@@ -32,6 +36,20 @@ install-system:
 	        echo "  sudo apt-get install postgresql"; exit 1; \
 	    fi; \
 	fi
+	@# builders sandbox each build with bubblewrap where it is installed
+	@if ! command -v bwrap >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    command -v apt-get >/dev/null; then \
+	    echo "Installing bubblewrap (apt-get install bubblewrap)..."; \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	        bubblewrap >/dev/null; \
+	fi
+	@# the services refuse root, so as root the tests and the demo run them
+	@# as this unprivileged system user
+	@if [ "$$(id -u)" = 0 ] && ! id piwheels >/dev/null 2>&1; then \
+	    useradd --system --user-group --home-dir /nonexistent \
+	        --no-create-home --shell /usr/sbin/nologin piwheels; \
+	fi
 	@if ! $(PYTHON) -c "import venv, ensurepip" >/dev/null 2>&1; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	        apt-get update -qq && \
@@ -50,6 +68,9 @@ $(VENV)/bin/activate:
 $(VENV)/.installed: setup.cfg pyproject.toml | $(VENV)/bin/activate
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -e '.[test]'
+	@# write twistd's plugin cache now, while we may, so services run as
+	@# another user do not complain that they cannot
+	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $@
 
 venv: install-system $(VENV)/.installed

@@ -3,8 +3,9 @@
 PostgreSQL refuses to run as root, so when we are root the server runs as the
 ``postgres`` system user (the Debian package creates it) and the cluster's
 directory is handed to that user.  The server listens only on a UNIX socket
-inside the cluster directory and trusts local connections: nothing outside the
-machine, and nobody who cannot enter the directory, can reach it.
+in the cluster's ``socket/`` folder and trusts local connections, so that
+the services under test (which run as an ordinary user) can reach it; it is
+for tests and the demo, never for a real deployment.
 """
 
 import glob
@@ -47,7 +48,7 @@ class PrivateCluster:
     def __init__(self, directory, bindir=None, port=5432):
         self.directory = Path(directory).absolute()
         self.data = self.directory / "data"
-        self.socket_dir = self.directory
+        self.socket_dir = self.directory / "socket"
         self.log_file = self.directory / "server.log"
         self.port = port
         self.bindir = bindir or find_bindir()
@@ -71,8 +72,11 @@ class PrivateCluster:
         return result
 
     def _prepare_directory(self):
+        # others may pass through to the socket, not list or read the rest
         self.directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.directory, 0o700)
+        os.chmod(self.directory, 0o711)
+        self.socket_dir.mkdir(exist_ok=True)
+        os.chmod(self.socket_dir, 0o755)
         if self.as_root:
             try:
                 owner = pwd.getpwnam(SERVER_USER)
@@ -80,7 +84,8 @@ class PrivateCluster:
                 raise ClusterError(
                     f"running as root needs the {SERVER_USER!r} system user "
                     "(apt-get install postgresql creates it)") from None
-            os.chown(self.directory, owner.pw_uid, owner.pw_gid)
+            for path in (self.directory, self.socket_dir):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
 
     def initialized(self):
         return (self.data / "PG_VERSION").exists()

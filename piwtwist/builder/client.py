@@ -24,7 +24,7 @@ from .. import __version__
 from ..protocol import builder as proto
 from ..transfer.sender import FileSender, FileSenderResponders
 from . import machine
-from .sandbox import BuildStopped, start_build
+from .sandbox import start_build
 from .wheel_info import WheelError, inspect_wheel
 
 
@@ -112,8 +112,10 @@ class BuilderService(service.MultiService):
     async def stopService(self):
         self._stopping = True
         job = self.job
-        if job is not None and job.running is not None:
-            job.running.stop()
+        stopping = None
+        if job is not None and job.running is not None and \
+                job.outcome is None:
+            stopping = job.running.stop("the builder is shutting down")
         if self._wake is not None and not self._wake.called:
             self._wake.callback(None)
         connection = self._current_connection()
@@ -124,6 +126,9 @@ class BuilderService(service.MultiService):
                 pass
         if self._loop is not None:
             self._loop.cancel()
+        if stopping is not None:
+            # no build may outlive its builder
+            await stopping
         await super().stopService()
 
     def _current_connection(self):
@@ -147,7 +152,7 @@ class BuilderService(service.MultiService):
         reply = await connection.callRemote(
             proto.Hello, version=__version__, nonce=nonce,
             build_timeout=float(self.build_timeout),
-            busy_timeout=float(self.busy_timeout), py_tag=facts.py_tag,
+            busy_timeout=float(self.busy_timeout), py_tag=facts.py_version_tag,
             abi_tag=facts.abi_tag, platform_tag=facts.platform_tag,
             label=self.label, os_name=facts.os_name,
             os_version=facts.os_version, board_revision=facts.board_revision,
@@ -182,6 +187,10 @@ class BuilderService(service.MultiService):
                     amp.ProtocolSwitched) as e:
                 self.log.info("connection to the master lost ({error})",
                               error=e.__class__.__name__)
+                # let the client service notice and reconnect; never spin
+                if connection.transport is not None:
+                    connection.transport.loseConnection()
+                await self._pause(1.0)
             except amp.RemoteAmpError as e:
                 self.log.warn("the master refused: {error}", error=str(e))
                 await self._pause(5.0)
@@ -230,13 +239,19 @@ class BuilderService(service.MultiService):
         pinger.start(self.ping_interval, now=False)
 
         def finished(outcome):
-            pinger.stop()
-            return self._inspect(job, outcome)
+            if pinger.running:
+                pinger.stop()
+            return defer.Deferred.fromCoroutine(self._inspect(job, outcome))
 
-        job.running.result.addCallback(finished)
-        job.running.result.addErrback(
-            lambda f: self.log.failure("the build machinery failed", f))
-        job.running.result.addBoth(lambda _: self._wake_up())
+        def broke(failure):
+            if pinger.running:
+                pinger.stop()
+            self.log.failure("the build machinery failed", failure)
+            self.job = None
+
+        result = job.running.wait()
+        result.addCallbacks(finished, broke)
+        result.addBoth(lambda _: self._wake_up())
 
     async def _inspect(self, job, outcome):
         facts = []
@@ -266,7 +281,7 @@ class BuilderService(service.MultiService):
                               "{version}", package=job.package,
                               version=job.version)
                 job.stopped_by_master = True
-                job.running.stop()
+                job.running.stop("stopped by the master")
 
         d.addCallback(answered)
         d.addErrback(lambda f: None)  # a lost ping is retried next time
@@ -339,13 +354,14 @@ class BuilderService(service.MultiService):
 
     def _finish(self, job):
         self.file_sender.clear()
-        if job.outcome is not None and job.outcome.wheel_dir is not None:
-            shutil.rmtree(job.outcome.wheel_dir, ignore_errors=True)
+        if job.outcome is not None and job.outcome.output_dir is not None:
+            shutil.rmtree(job.outcome.output_dir, ignore_errors=True)
         self.job = None
 
     def _stats(self):
         stats = machine.machine_stats(self.build_dir)
-        return {"timestamp": stats.timestamp, "disk_total": stats.disk_total,
+        return {"timestamp": stats.timestamp.timestamp(),
+                "disk_total": stats.disk_total,
                 "disk_free": stats.disk_free, "mem_total": stats.mem_total,
                 "mem_free": stats.mem_free,
                 "load_average": stats.load_average,
