@@ -78,11 +78,12 @@ $drop$;
 -------------------------------------------------------------------------------
 
 -- abi_order: a number that sorts CPython tags by version: cp39 -> 309,
--- cp310 -> 310, cp27mu -> 207; NULL for tags without a version
+-- cp310 -> 310, cp27mu -> 207; NULL for tags without a version.  One
+-- expression, so that the planner can inline it.
 CREATE FUNCTION abi_order(tag TEXT) RETURNS INTEGER
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $sql$
-    SELECT m[1]::INTEGER * 100 + m[2]::INTEGER
-    FROM regexp_match(tag, '^[a-z]+(\d)(\d+)') AS m
+    SELECT substring(tag FROM '^[a-z]+(\d)\d')::INTEGER * 100
+         + substring(tag FROM '^[a-z]+\d(\d+)')::INTEGER
 $sql$;
 
 -- abi_resolved: whether ABI "abi" needs no further build of a release, given
@@ -101,39 +102,54 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $sql$
             AND abi_order(abi) / 100 = abi3_from / 100)
 $sql$;
 
--- pending_abis: the ABIs a release should be built for next, lowest first.
+-- build_outcomes: what the builds of each release that has any add up to
+CREATE VIEW build_outcomes AS
+SELECT
+    b.package,
+    b.version,
+    array_agg(DISTINCT b.abi_tag)
+        || COALESCE(array_agg(DISTINCT f.abi_tag)
+                    FILTER (WHERE f.abi_tag NOT IN ('none', 'abi3')),
+                    '{}') AS tried,
+    COALESCE(bool_or(f.abi_tag = 'none'), false) AS covers_all,
+    min(abi_order(f.py_version_tag))
+        FILTER (WHERE f.abi_tag = 'abi3') AS abi3_from,
+    COALESCE(bool_or(f.abi_tag <> 'none'), false) AS specific
+FROM builds b
+LEFT JOIN files f ON f.build_id = b.build_id AND b.status
+GROUP BY b.package, b.version;
+
+-- pending_builds: every (ABI, release) that wants a build, ignoring skips.
 -- Until a build has produced an ABI-specific wheel only the lowest
 -- unresolved ABI is offered: most releases give a "none" wheel that covers
 -- the rest, and a failure on the lowest ABI moves on to the next one.  Once
 -- an ABI-specific (or abi3) wheel exists, every unresolved ABI is offered.
-CREATE FUNCTION pending_abis(pkg VARCHAR, ver VARCHAR) RETURNS VARCHAR[]
-LANGUAGE sql STABLE AS $sql$
-    WITH outcome AS (
-        SELECT
-            COALESCE(array_agg(DISTINCT b.abi_tag), '{}')
-                || COALESCE(array_agg(DISTINCT f.abi_tag)
-                            FILTER (WHERE f.abi_tag NOT IN ('none', 'abi3')),
-                            '{}') AS tried,
-            COALESCE(bool_or(f.abi_tag = 'none'), false) AS covers_all,
-            min(abi_order(f.py_version_tag))
-                FILTER (WHERE f.abi_tag = 'abi3') AS abi3_from,
-            COALESCE(bool_or(f.abi_tag <> 'none'), false) AS specific
-        FROM builds b
-        LEFT JOIN files f ON f.build_id = b.build_id AND b.status
-        WHERE b.package = pkg AND b.version = ver
-    ),
-    unresolved AS (
-        SELECT COALESCE(
-            array_agg(a.abi_tag
-                      ORDER BY abi_order(a.abi_tag) NULLS LAST, a.abi_tag),
-            '{}') AS abis
-        FROM build_abis a, outcome o
-        WHERE a.skip = ''
-        AND NOT abi_resolved(a.abi_tag, o.tried, o.covers_all, o.abi3_from)
-    )
-    SELECT CASE WHEN o.specific THEN u.abis ELSE u.abis[1:1] END
-    FROM outcome o, unresolved u
-$sql$;
+CREATE VIEW pending_builds AS
+WITH active AS (
+    SELECT abi_tag,
+           row_number() OVER (ORDER BY abi_order(abi_tag) NULLS LAST,
+                                       abi_tag) AS rank
+    FROM build_abis
+    WHERE skip = ''
+),
+unresolved AS (
+    SELECT o.package, o.version, a.abi_tag, o.specific,
+           row_number() OVER (PARTITION BY o.package, o.version
+                              ORDER BY a.rank) AS n
+    FROM build_outcomes o CROSS JOIN active a
+    WHERE NOT abi_resolved(a.abi_tag, o.tried, o.covers_all, o.abi3_from)
+)
+SELECT u.abi_tag, u.package, u.version
+FROM unresolved u
+WHERE u.specific OR u.n = 1
+UNION ALL
+SELECT a.abi_tag, v.package, v.version
+FROM versions v
+CROSS JOIN (SELECT abi_tag FROM active WHERE rank = 1) AS a
+WHERE NOT EXISTS (
+    SELECT 1 FROM builds b
+    WHERE b.package = v.package AND b.version = v.version
+);
 
 -- refresh_build_queue: recompute the queue entries of one package's
 -- releases (all of them when ver is NULL)
@@ -145,12 +161,12 @@ AS $sql$
     WHERE package = pkg AND (ver IS NULL OR version = ver);
 
     INSERT INTO build_queue (abi_tag, package, version, released)
-    SELECT abi, v.package, v.version, v.released
-    FROM packages p
-    JOIN versions v ON v.package = p.package
-    CROSS JOIN LATERAL unnest(pending_abis(v.package, v.version)) AS abi
-    WHERE p.package = pkg
-    AND (ver IS NULL OR v.version = ver)
+    SELECT q.abi_tag, v.package, v.version, v.released
+    FROM pending_builds q
+    JOIN versions v ON v.package = q.package AND v.version = q.version
+    JOIN packages p ON p.package = v.package
+    WHERE q.package = pkg
+    AND (ver IS NULL OR q.version = ver)
     AND p.skip = ''
     AND v.skip = '';
 $sql$;
@@ -162,33 +178,12 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
 AS $sql$
     DELETE FROM build_queue;
 
-    -- releases with no builds at all are by far the most common: offer the
-    -- lowest ABI without looking at builds one release at a time
     INSERT INTO build_queue (abi_tag, package, version, released)
-    SELECT lowest.abi_tag, v.package, v.version, v.released
-    FROM packages p
-    JOIN versions v ON v.package = p.package
-    CROSS JOIN (
-        SELECT abi_tag FROM build_abis WHERE skip = ''
-        ORDER BY abi_order(abi_tag) NULLS LAST, abi_tag
-        LIMIT 1
-    ) AS lowest
-    WHERE p.skip = '' AND v.skip = ''
-    AND NOT EXISTS (
-        SELECT 1 FROM builds b
-        WHERE b.package = v.package AND b.version = v.version
-    );
-
-    INSERT INTO build_queue (abi_tag, package, version, released)
-    SELECT abi, v.package, v.version, v.released
-    FROM packages p
-    JOIN versions v ON v.package = p.package
-    CROSS JOIN LATERAL unnest(pending_abis(v.package, v.version)) AS abi
-    WHERE p.skip = '' AND v.skip = ''
-    AND EXISTS (
-        SELECT 1 FROM builds b
-        WHERE b.package = v.package AND b.version = v.version
-    );
+    SELECT q.abi_tag, v.package, v.version, v.released
+    FROM pending_builds q
+    JOIN versions v ON v.package = q.package AND v.version = q.version
+    JOIN packages p ON p.package = v.package
+    WHERE p.skip = '' AND v.skip = '';
 $sql$;
 
 -- get_build_queue: for each ABI being built, up to "lim" releases that want
@@ -205,22 +200,21 @@ RETURNS TABLE (abi_tag VARCHAR, package VARCHAR, version VARCHAR,
                released TIMESTAMP WITH TIME ZONE)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
 AS $sql$
-    WITH excluded AS (
-        SELECT *
-        FROM unnest(excluded_abis, excluded_packages, excluded_versions)
-            AS e(abi_tag, package, version)
-    )
     SELECT a.abi_tag, q.package, q.version, q.released
     FROM build_abis a
     CROSS JOIN LATERAL (
         SELECT bq.package, bq.version, bq.released
         FROM build_queue bq
         WHERE bq.abi_tag = a.abi_tag
-        AND NOT EXISTS (
-            SELECT 1 FROM excluded e
-            WHERE e.abi_tag = bq.abi_tag
-            AND e.package = bq.package
-            AND e.version = bq.version
+        -- an uncorrelated NOT IN is hashed once; the NULL filter matters
+        -- because arrays of unequal length are padded with NULLs
+        AND (bq.abi_tag, bq.package, bq.version) NOT IN (
+            SELECT e.abi_tag, e.package, e.version
+            FROM unnest(excluded_abis, excluded_packages, excluded_versions)
+                AS e(abi_tag, package, version)
+            WHERE e.abi_tag IS NOT NULL
+            AND e.package IS NOT NULL
+            AND e.version IS NOT NULL
         )
         ORDER BY bq.released DESC, bq.package, bq.version
         LIMIT lim

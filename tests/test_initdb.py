@@ -152,6 +152,9 @@ CATALOG_QUERIES = {
                proconfig, proacl::text
         FROM pg_proc WHERE pronamespace = 'public'::regnamespace
         ORDER BY 1, 2""",
+    "views": """
+        SELECT viewname, definition FROM pg_views
+        WHERE schemaname = 'public' ORDER BY 1""",
     "table grants": """
         SELECT relname, relkind, relacl::text FROM pg_class
         WHERE relnamespace = 'public'::regnamespace ORDER BY 1""",

@@ -773,6 +773,28 @@ def test_abandon_waits_for_transfers(wheel, output, fake_reactor):
     result.addErrback(lambda f: f.trap(TransferInterrupted))
 
 
+def test_abandon_while_preparing(wheel, output, fake_reactor):
+    path, data = wheel
+    jobs = []
+
+    class SlowPool:
+        def callInThreadWithCallback(self, on_result, function, *args):
+            jobs.append((on_result, function, args))
+
+    calls = []
+    receiver = FileReceiver(output, fake_reactor, threadpool=SlowPool())
+    result = start(receiver, lambda *a, **kw: calls.append(a), data)
+    stopped = receiver.abandon()
+    while jobs:
+        on_result, function, args = jobs.pop(0)
+        on_result(True, function(*args))
+    assert stopped.called
+    with pytest.raises(TransferInterrupted, match="shutting down"):
+        result.result.raiseException()
+    result.addErrback(lambda f: None)
+    assert calls == []
+
+
 def test_cancel_keeps_partial_state(wheel, output, fake_reactor):
     path, data = wheel
     client, server, pump = connect(SenderProtocol(FileSender({WHEEL: path})))

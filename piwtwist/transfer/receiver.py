@@ -309,6 +309,8 @@ class _Pipeline:
     def _check_answers(self):
         """Stop when requests have gone unanswered for the chunk timeout."""
         receiver = self._receiver
+        if self._stopped:
+            return
         now = receiver.reactor.seconds()
         if self._answers != self._answers_seen or not self._outstanding:
             self._answers_seen = self._answers
@@ -686,6 +688,8 @@ class FileReceiver:
         stopping early into one of our exceptions."""
         transfer.pipeline = _Pipeline(self, transfer, call_remote)
         try:
+            if self._abandoned:  # while the partial file was being opened
+                raise _Abandoned()
             await transfer.pipeline.run()
         except BaseException as stopped:
             error, keep = self._explain(stopped, transfer)
@@ -808,7 +812,7 @@ class FileReceiver:
                           f"of {self.output_path}")
         part_path = self.incoming_path / (filename + PART_SUFFIX)
         ranges_path = self.incoming_path / (filename + RANGES_SUFFIX)
-        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+        flags = os.O_RDWR | os.O_NOFOLLOW
         ranges = None if start_over else \
             _load_ranges(ranges_path, filename, size, sha256)
         if ranges is not None:
