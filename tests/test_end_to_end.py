@@ -219,3 +219,16 @@ async def _run(command):
     return await threads.deferToThread(
         subprocess.run, command, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_master_refuses_a_database_of_another_version(
+        reactor, deployment):
+    deployment.database.sql("UPDATE configuration SET version = '0.1'")
+    master = deployment.start_master()
+    await wait_for(reactor, lambda: master.process.poll() is not None, 60,
+                   "the master to give up")
+    said = master.output() + master.log()
+    assert "cannot start" in said
+    assert "version 0.1" in said and "piw-initdb" in said
+    assert "Traceback" not in said

@@ -283,13 +283,15 @@ class BuilderHub(service.Service):
             if call.active():
                 call.cancel()
         self._orphans.clear()
-        self.receiver.abandon()
+        # partial transfers keep their received ranges for the next start
+        saved = self.receiver.abandon()
         for connection in list(self.connections.values()):
             if connection.authenticated:
                 connection.callRemote(proto.Bye,
                                       reason="the master is shutting down")
             connection.transport.loseConnection()
-        return defer.succeed(None)
+        return saved if isinstance(saved, defer.Deferred) else \
+            defer.succeed(None)
 
     # connections ----------------------------------------------------------
 
