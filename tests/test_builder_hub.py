@@ -6,6 +6,7 @@ import hashlib
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psycopg2
 import pytest
 from twisted.internet import task
 from twisted.protocols import amp
@@ -434,3 +435,22 @@ def test_a_large_result_fits_in_one_amp_box():
         dict(package="p", version="1", status=True, duration=1.0,
              reason="", log_size=0, log_sha256="0" * 64, files=files), None)
     assert len(box.serialize()) > 20000
+
+
+class GoneDatabase(FakeDatabase):
+    async def log_build(self, build):
+        raise psycopg2.errors.ForeignKeyViolation("release deleted")
+
+
+def test_build_of_a_release_deleted_meanwhile_is_discarded(tmp_path):
+    harness = Harness(tmp_path, [entry("foo")])
+    harness.hub.db = GoneDatabase()
+    builder = harness.connect()
+    builder.login()
+    builder.idle()
+    builder.report("foo", "1.0", True, files=[wheel_facts("foo")])
+    builder.pump.flush()
+    assert ("done", "foo", "1.0") in builder.received
+    assert not list((tmp_path / "simple" / "foo").iterdir())
+    assert harness.queue.held() == {}
+    assert harness.builds == []

@@ -12,8 +12,10 @@ import os
 import secrets
 from datetime import timedelta
 from itertools import count
+from pathlib import Path
 
 import attrs
+import psycopg2
 from packaging.utils import canonicalize_name, canonicalize_version
 from twisted.application import service
 from twisted.internet import defer
@@ -251,7 +253,7 @@ class BuilderHub(service.Service):
         self.receiver = receiver
         self.clock = clock
         self.secret = secret
-        self.output_path = output_path
+        self.output_path = Path(output_path)
         self.index_url = index_url
         self.extra_index_urls = list(extra_index_urls)
         self.platform_aliases = (DEFAULT_PLATFORM_ALIASES
@@ -442,6 +444,14 @@ class BuilderHub(service.Service):
                           error=str(e), id=state.builder_id)
             connection.transport.abortConnection()
             return
+        except psycopg2.IntegrityError as e:
+            # the release went away (deleted on PyPI) while it was built:
+            # nothing to record, and its wheels must not stay published
+            self.log.warn("{package} {version} is gone; discarding its build "
+                          "({error})", package=entry.package,
+                          version=entry.version, error=str(e).strip())
+            self._unpublish(build)
+            build = None
         except Exception:
             self.log.failure("recording {package} {version} failed",
                              package=entry.package, version=entry.version)
@@ -450,14 +460,8 @@ class BuilderHub(service.Service):
         self.queue.finish(entry)
         if state.entry == entry:
             self._unassign(connection)
-        self.log.info("{outcome} {package} {version} for {abi} "
-                      "(builder {id}, {seconds:.1f}s)",
-                      outcome="built" if build.status else "failed to build",
-                      package=entry.package, version=entry.version,
-                      abi=entry.abi_tag, id=state.builder_id,
-                      seconds=build.duration.total_seconds())
-        for listener in list(self.build_listeners):
-            listener(build)
+        if build is not None:
+            self._announce(build, entry, state)
         if connection.transport is not None and \
                 connection.info.builder_id in self.connections:
             try:
@@ -466,6 +470,25 @@ class BuilderHub(service.Service):
             except Exception as e:
                 self.log.info("builder {id} did not take Done: {error}",
                               id=state.builder_id, error=str(e))
+
+    def _unpublish(self, build):
+        for build_file in build.files:
+            path = self.output_path / build_file.location
+            if build_file.location and path.is_file():
+                path.unlink()
+
+    def _announce(self, build, entry, state):
+        self.log.info("{outcome} {package} {version} for {abi} "
+                      "(builder {id}, {seconds:.1f}s)",
+                      outcome="built" if build.status else "failed to build",
+                      package=entry.package, version=entry.version,
+                      abi=entry.abi_tag, id=state.builder_id,
+                      seconds=build.duration.total_seconds())
+        for listener in list(self.build_listeners):
+            try:
+                listener(build)
+            except Exception:
+                self.log.failure("a build listener failed")
 
     async def _fetch_files(self, connection, entry, build, files):
         """Fetch and verify every wheel; a wheel that will not verify turns
