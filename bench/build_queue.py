@@ -748,7 +748,7 @@ class Bench:
         notices = list(conn.notices)
         conn.close()
         for notice in notices:
-            if "WITH excluded" not in notice:
+            if "FROM build_queue bq" not in notice:
                 continue
             head = re.search(r"duration: ([\d.]+ ms)", notice)
             lines = notice.rstrip().splitlines()
