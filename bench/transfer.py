@@ -11,14 +11,14 @@ sha256-verified, renamed into ``simple/``) and through a protocol that
 writes whatever arrives to a file.  Both sync the data before they stop the
 clock unless ``--no-durable`` is given.  The target is for the transfer to
 reach at least half the plain copy's throughput.  A third figure, the same
-FetchChunk requests with the answers thrown away, shows the ceiling that
-AMP's per-box cost sets with chunks under its 64 KiB value limit.
+FetchChunks requests with the answers thrown away, shows the ceiling that
+AMP itself sets (boxes of up to 16 values, each under its 64 KiB limit).
 
 Each figure is the median of ``--repeat`` runs, with the best run beside
 it: on a shared machine the plain copy in particular varies a lot.
 
     .venv/bin/python bench/transfer.py
-    .venv/bin/python bench/transfer.py --size-mb 100 --chunk-size 60000 \\
+    .venv/bin/python bench/transfer.py --size-mb 100 --fetch-size 480000 \\
         --window 8 --repeat 3
 """
 
@@ -38,7 +38,10 @@ from twisted.internet import (  # noqa: E402
     defer, endpoints, protocol, stdio, task)
 from twisted.protocols import amp  # noqa: E402
 
-from piwtwist.protocol.transfer import MAX_CHUNK_SIZE  # noqa: E402
+from piwtwist.protocol.transfer import (  # noqa: E402
+    MAX_FETCH_SIZE,
+    FetchChunks,
+)
 from piwtwist.transfer.receiver import (  # noqa: E402
     DEFAULT_WINDOW,
     FileReceiver,
@@ -148,7 +151,7 @@ async def amp_transfer(reactor, port, output, size, sha256, options):
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     client = await endpoint.connect(
         protocol.Factory.forProtocol(amp.AMP))
-    receiver = FileReceiver(output, reactor, chunk_size=options.chunk_size,
+    receiver = FileReceiver(output, reactor, fetch_size=options.fetch_size,
                             window=options.window,
                             durable=not options.no_durable)
     try:
@@ -166,7 +169,7 @@ async def amp_only(reactor, port, size, options):
     the ceiling that AMP itself sets, without disk, hash or bookkeeping."""
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     client = await endpoint.connect(protocol.Factory.forProtocol(amp.AMP))
-    offsets = iter(range(0, size, options.chunk_size))
+    offsets = iter(range(0, size, options.fetch_size))
     done = defer.Deferred()
     state = {"outstanding": 0, "received": 0}
 
@@ -178,14 +181,14 @@ async def amp_only(reactor, port, size, options):
                     done.callback(None)
                 return
             state["outstanding"] += 1
-            client.callRemoteString(
-                b"fetch-chunk", filename=WHEEL_NAME.encode(),
-                offset=b"%d" % offset,
-                length=b"%d" % options.chunk_size).addCallback(received)
+            client.callRemote(
+                FetchChunks, filename=WHEEL_NAME, offset=offset,
+                length=options.fetch_size).addCallback(received)
 
-    def received(box):
+    def received(answer):
         state["outstanding"] -= 1
-        state["received"] += len(box[b"data"])
+        state["received"] += sum(len(value) for value in answer.values()
+                                 if value is not None)
         request_more()
 
     started = time.perf_counter()
@@ -280,8 +283,8 @@ async def bench(reactor, options):
         finally:
             server.stdin.close()
             server.wait()
-    print(f"{options.size_mb} MB of random data over loopback TCP; chunk "
-          f"{options.chunk_size} bytes, window {options.window}; "
+    print(f"{options.size_mb} MB of random data over loopback TCP; "
+          f"{options.fetch_size} bytes per request, window {options.window}; "
           f"{'synced' if durable else 'not synced'}; median of "
           f"{options.repeat} runs")
     copy_rate, copy_best = summary("plain TCP copy", size, copies)
@@ -300,7 +303,7 @@ def parse_args(argv=None):
     parser.add_argument("--serve", metavar="FILE",
                         help="(internal) offer FILE and print the ports")
     parser.add_argument("--size-mb", type=int, default=100)
-    parser.add_argument("--chunk-size", type=int, default=MAX_CHUNK_SIZE)
+    parser.add_argument("--fetch-size", type=int, default=MAX_FETCH_SIZE)
     parser.add_argument("--window", type=int, default=DEFAULT_WINDOW)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-durable", action="store_true",

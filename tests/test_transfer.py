@@ -1,4 +1,4 @@
-"""The wheel transfer: FetchChunk, FileSender and FileReceiver.
+"""The wheel transfer: FetchChunks, FileSender and FileReceiver.
 
 Most tests run both ends in memory (``iosim``) with a thread pool and a
 reactor that run "threaded" work at once, so a whole transfer happens inside
@@ -22,20 +22,23 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.error import ConnectionLost
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 
 from piwtwist.protocol.transfer import (
+    DATA_KEYS,
+    DATA_NAMES,
     MAX_CHUNK_SIZE,
+    MAX_CHUNKS,
+    MAX_FETCH_SIZE,
     BadRange,
-    FetchChunk,
+    FetchChunks,
     FileNotOffered,
 )
 from piwtwist.transfer.receiver import (
     FileReceiver,
-    _chunk_fetcher,
     ReceivedRanges,
     TransferFailed,
     TransferInterrupted,
@@ -91,7 +94,7 @@ class DelegatingProtocol(amp.AMP):
 
     def __init__(self, file_sender):
         super().__init__()
-        self.transfer_locator = FileSenderLocator(file_sender)
+        self.transfer_locator = FileSenderLocator(file_sender, self)
 
     @Ping.responder
     def ping(self):
@@ -109,9 +112,34 @@ class GreedySender(amp.AMP):
         super().__init__()
         self.data = data
 
-    @FetchChunk.responder
-    def fetch_chunk(self, filename, offset, length):
-        return {"data": self.data[offset:offset + length + 1]}
+    @FetchChunks.responder
+    def fetch_chunks(self, filename, offset, length):
+        return {"data0": self.data[offset:offset + length + 1]}
+
+
+class GappySender(amp.AMP):
+    """A broken sender that leaves out ``data1``."""
+
+    def __init__(self, data):
+        super().__init__()
+        self.data = data
+
+    @FetchChunks.responder
+    def fetch_chunks(self, filename, offset, length):
+        answer = as_answer(self.data[offset:offset + length])
+        del answer["data1"]
+        return answer
+
+
+def as_answer(data):
+    """*data* as a typed FetchChunks answer."""
+    return {name: data[start:start + MAX_CHUNK_SIZE] for name, start in
+            zip(DATA_NAMES, range(0, len(data), MAX_CHUNK_SIZE))}
+
+
+def read(sender, filename, offset, length):
+    """What *sender* answers, as one bytes object."""
+    return b"".join(sender.read_chunks(filename, offset, length))
 
 
 def payload(size, seed=1):
@@ -146,7 +174,7 @@ def fake_reactor():
 
 
 def make_receiver(output, reactor, **kw):
-    kw.setdefault("chunk_size", CHUNK)
+    kw.setdefault("fetch_size", CHUNK)
     kw.setdefault("durable", False)
     return FileReceiver(output, reactor, threadpool=SyncThreadPool(), **kw)
 
@@ -177,8 +205,28 @@ class Counting:
     def _answered(self, result):
         self.outstanding -= 1
         if not isinstance(result, Failure):
-            self.bytes += len(result["data"])
+            self.bytes += answer_length(result)
         return result
+
+
+def answer_length(answer):
+    """How many bytes a FetchChunks answer holds."""
+    return sum(len(value) for value in answer.values() if value is not None)
+
+
+def held_answers():
+    """A call_remote whose answers wait in a list: (Deferred, offset,
+    length)."""
+    held = []
+
+    def call_remote(command, filename, offset, length):
+        assert command is FetchChunks
+        answer = Deferred()
+        held.append((answer, offset, length))
+        return answer
+
+    call_remote.held = held
+    return call_remote
 
 
 def start(receiver, call_remote, data, filename=WHEEL, package=PACKAGE,
@@ -215,28 +263,80 @@ def incoming(output):
 
 # -- the protocol ------------------------------------------------------------
 
-def test_largest_answer_box_fits_amp(tmp_path):
-    """A real FetchChunk answer with the largest chunk, serialised."""
-    data = payload(MAX_CHUNK_SIZE * 2)
-    path = tmp_path / WHEEL
+@pytest.fixture
+def big_wheel(tmp_path):
+    """A file of a few requests' worth at full size, the last one short."""
+    data = payload(3 * MAX_FETCH_SIZE + 2 * MAX_CHUNK_SIZE + 123, seed=4)
+    path = tmp_path / "big" / WHEEL
+    path.parent.mkdir()
     path.write_bytes(data)
+    return path, data
+
+
+def _values_on_the_wire(wire):
+    """(key, value) pairs of one serialised box, read by hand."""
+    pairs = []
+    position = 0
+    while True:
+        key_length = int.from_bytes(wire[position:position + 2], "big")
+        position += 2
+        if not key_length:
+            break
+        key = wire[position:position + key_length]
+        position += key_length
+        value_length = int.from_bytes(wire[position:position + 2], "big")
+        position += 2
+        pairs.append((key, wire[position:position + value_length]))
+        assert len(pairs[-1][1]) == value_length
+        position += value_length
+    assert position == len(wire)
+    return pairs
+
+
+@pytest.mark.parametrize("offset", [0, 7, MAX_FETCH_SIZE])
+def test_largest_answer_box_fits_amp(big_wheel, offset):
+    """A real FetchChunks answer of the largest size, as the responder
+    gives it and AMP serialises it: every value within AMP's limit, the
+    box parsed back by AMP holding the range in order."""
+    path, data = big_wheel
     sender = FileSender({WHEEL: path})
-    responder = FileSenderLocator(sender).locateResponder(b"fetch-chunk")
-    request = amp.AmpBox(_ask=b"ffffffff", _command=b"fetch-chunk",
-                         filename=WHEEL.encode(), offset=b"60000",
-                         length=str(MAX_CHUNK_SIZE).encode())
-    answers = []
-    maybeDeferred(responder, request).addCallback(answers.append)
+    client, server, pump = connect(SenderProtocol(sender))
+    sent = []
+    write = server.transport.write
+    server.transport.write = lambda wire: (sent.append(wire), write(wire))
+    answer = client.callRemote(FetchChunks, filename=WHEEL, offset=offset,
+                               length=MAX_FETCH_SIZE)
+    pump.flush()
     sender.clear()
-    (answer,) = answers
-    answer[b"_answer"] = b"ffffffff"
-    wire = answer.serialize()
-    assert answer[b"data"] == data[60000:60000 + MAX_CHUNK_SIZE]
-    assert len(wire) < 65_535
+    (wire,) = sent
+    pairs = _values_on_the_wire(wire)
+    values = dict(pairs)
+    assert set(values) == {b"_answer", *DATA_KEYS}
+    assert len(pairs) == MAX_CHUNKS + 1
+    for key, value in pairs:
+        assert len(value) <= MAX_CHUNK_SIZE < amp.MAX_VALUE_LENGTH
+    assert b"".join(values[key] for key in DATA_KEYS) == \
+        data[offset:offset + MAX_FETCH_SIZE]
+    (parsed,) = amp.parseString(wire)
+    assert parsed == values
+    # the typed answer too
+    assert b"".join(answer.result[key.decode()] for key in DATA_KEYS) == \
+        data[offset:offset + MAX_FETCH_SIZE]
     # and one byte more than a value may hold does not serialise
-    answer[b"data"] = b"x" * 65_536
+    box = amp.AmpBox(parsed)
+    box[b"data0"] = b"x" * (amp.MAX_VALUE_LENGTH + 1)
     with pytest.raises(amp.TooLong):
-        answer.serialize()
+        box.serialize()
+
+
+def test_answer_declares_every_value():
+    """The response lists every value an answer may hold, optional, so
+    that AMP accepts a box with any number of them."""
+    assert MAX_FETCH_SIZE == MAX_CHUNKS * MAX_CHUNK_SIZE
+    assert [name for name, argument in FetchChunks.response] == \
+        list(DATA_KEYS)
+    assert all(argument.optional for name, argument in FetchChunks.response)
+    assert MAX_CHUNK_SIZE < amp.MAX_VALUE_LENGTH
 
 
 def _answer(responder, box):
@@ -248,76 +348,175 @@ def _answer(responder, box):
     return answers[0]
 
 
-@pytest.mark.parametrize("filename, offset, length", [
-    (WHEEL, 0, 1000),
-    (WHEEL, 10_000, 1000),
-    (WHEEL, 10_500, 1000),
-    (WHEEL, 10_501, 1000),
-    (WHEEL, 0, MAX_CHUNK_SIZE + 1),
-    ("other-1.0-py3-none-any.whl", 0, 10),
-    ("\N{SNOWMAN}", 0, 10),
+@pytest.mark.parametrize("offset, length, sizes", [
+    (0, 1, [1]),
+    (0, MAX_CHUNK_SIZE, [MAX_CHUNK_SIZE]),
+    (0, MAX_CHUNK_SIZE + 1, [MAX_CHUNK_SIZE, 1]),
+    (5, MAX_FETCH_SIZE, [MAX_CHUNK_SIZE] * MAX_CHUNKS),
+    (3 * MAX_FETCH_SIZE, MAX_FETCH_SIZE,
+     [MAX_CHUNK_SIZE, MAX_CHUNK_SIZE, 123]),
+    (3 * MAX_FETCH_SIZE + 2 * MAX_CHUNK_SIZE, 1000, [123]),
+    (3 * MAX_FETCH_SIZE + 2 * MAX_CHUNK_SIZE + 123, 1000, []),
 ])
-def test_fast_responder_answers_like_the_command(wheel, filename, offset,
-                                                 length):
-    """The box-level responder is the typed one, only cheaper."""
+def test_answer_values(big_wheel, offset, length, sizes):
+    """An answer holds the range in values of MAX_CHUNK_SIZE, only the
+    last one shorter, none past the end of the file."""
+    path, data = big_wheel
+    locator = FileSenderLocator(FileSender({WHEEL: path}))
+    box = FetchChunks.makeArguments(
+        {"filename": WHEEL, "offset": offset, "length": length}, None)
+    answer = _answer(locator.locateResponder(b"fetch-chunks"), box)
+    assert [len(answer[key]) for key in DATA_KEYS if key in answer] == sizes
+    assert set(answer) == set(DATA_KEYS[:len(sizes)])
+    assert b"".join(answer[key] for key in DATA_KEYS[:len(sizes)]) == \
+        data[offset:offset + length]
+
+
+@pytest.mark.parametrize("filename, offset, length, error", [
+    (WHEEL, 10_501, 1000, b"BAD_RANGE"),
+    (WHEEL, -1, 1000, b"BAD_RANGE"),
+    (WHEEL, 0, 0, b"BAD_RANGE"),
+    (WHEEL, 0, MAX_FETCH_SIZE + 1, b"BAD_RANGE"),
+    ("other-1.0-py3-none-any.whl", 0, 10, b"FILE_NOT_OFFERED"),
+    ("\N{SNOWMAN}", 0, 10, b"FILE_NOT_OFFERED"),
+])
+def test_responder_errors(wheel, filename, offset, length, error):
     path, data = wheel
     locator = FileSenderLocator(FileSender({WHEEL: path}))
-    box = FetchChunk.makeArguments(
+    box = FetchChunks.makeArguments(
         {"filename": filename, "offset": offset, "length": length}, None)
-    fast = _answer(locator.locateResponder(b"fetch-chunk"), box)
-    typed = _answer(amp.CommandLocator.locateResponder(
-        locator, b"fetch-chunk"), box)
-    assert fast == typed
-    if isinstance(fast, tuple):
-        assert fast[0] in FetchChunk.errors.values()
-    else:
-        assert fast == {b"data": data[offset:offset + length]}
+    code, description = _answer(locator.locateResponder(b"fetch-chunks"),
+                                box)
+    assert code == error
 
 
-@pytest.mark.parametrize("filename, offset, length", [
-    (WHEEL, 0, 1000),
-    (WHEEL, 10_000, 1000),
-    (WHEEL, 10_501, 1000),
-    ("other-1.0-py3-none-any.whl", 0, 10),
-])
-def test_fast_requests_answer_like_call_remote(wheel, filename, offset,
-                                               length):
-    """The receiver's raw-box requests, used with AMP's own callRemote,
-    give what callRemote(FetchChunk, ...) gives, errors included."""
-    path, data = wheel
-    client, server, pump = connect(SenderProtocol(FileSender({WHEEL: path})))
-    outcomes = []
-    for call_remote in (client.callRemote, lambda *a, **kw:
-                        client.callRemote(*a, **kw)):
-        fetch_chunk = _chunk_fetcher(call_remote)
-        result = fetch_chunk(filename, offset, length)
-        result.addBoth(outcomes.append)
-        pump.flush()
-    fast, generic = outcomes
-    if isinstance(fast, Failure):
-        assert type(fast.value) is type(generic.value)
-        assert type(fast.value) in (FileNotOffered, BadRange)
-        assert str(fast.value) == str(generic.value)
-    else:
-        assert fast == generic == data[offset:offset + length]
+def test_responder_without_a_file_sender():
+    class Bare(FileSenderResponders, amp.AMP):
+        pass
+
+    box = FetchChunks.makeArguments(
+        {"filename": WHEEL, "offset": 0, "length": 10}, None)
+    code, description = _answer(Bare().locateResponder(b"fetch-chunks"),
+                                box)
+    assert code == b"FILE_NOT_OFFERED"
+
+
+def test_sender_file_shrunk_after_offer(big_wheel):
+    """A short read ends the answer there: no value after a gap."""
+    path, data = big_wheel
+    sender = FileSender({WHEEL: path})
+    os.truncate(path, 100_000)
+    assert sender.read_chunks(WHEEL, 0, MAX_FETCH_SIZE) == \
+        [data[:MAX_CHUNK_SIZE], data[MAX_CHUNK_SIZE:100_000]]
+
+
+class PausingTransport(StringTransport):
+    """Pauses its streaming producer while it holds more than 64 KiB, as a
+    TCP transport does, until a test drains it."""
+
+    def write(self, data):
+        super().write(data)
+        if self.producer is not None and self.streaming and \
+                len(self.value()) > 65_536:
+            self.producer.pauseProducing()
+
+    def drain(self):
+        """Everything written so far; the producer is resumed."""
+        sent = self.value()
+        self.clear()
+        if self.producer is not None:
+            self.producer.resumeProducing()
+        return sent
+
+
+def _request(ask, offset, length=MAX_FETCH_SIZE, filename=WHEEL):
+    return amp.AmpBox(_command=b"fetch-chunks", _ask=b"%d" % ask,
+                      filename=filename.encode(), offset=b"%d" % offset,
+                      length=b"%d" % length).serialize()
+
+
+class CountingSender(FileSender):
+    def __init__(self, files):
+        super().__init__(files)
+        self.reads = 0
+
+    def read_chunks(self, filename, offset, length):
+        self.reads += 1
+        return super().read_chunks(filename, offset, length)
+
+
+@pytest.mark.parametrize("delegated", [False, True])
+def test_answers_go_out_one_at_a_time(big_wheel, delegated):
+    """However many requests are outstanding, the sender reads and writes
+    the next answer only once the transport has sent the previous one."""
+    path, data = big_wheel
+    sender = CountingSender({WHEEL: path})
+    protocol = DelegatingProtocol(sender) if delegated else \
+        SenderProtocol(sender)
+    transport = PausingTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"".join(
+        _request(ask, ask * MAX_FETCH_SIZE) for ask in range(4)))
+    assert sender.reads == 1
+    received = []
+    while sender.reads <= 4:
+        wire = transport.drain()
+        if not wire:
+            break
+        (box,) = amp.parseString(wire)
+        assert box[b"_answer"] == b"%d" % len(received)
+        received.append(b"".join(box.get(key, b"") for key in DATA_KEYS))
+        assert sender.reads == min(len(received) + 1, 4)
+    assert b"".join(received) == data
+    # with nothing waiting and the transport empty, answers go out at once
+    protocol.dataReceived(_request(9, 0, 10))
+    (box,) = amp.parseString(transport.drain())
+    assert box[b"data0"] == data[:10]
+
+
+def test_answers_waiting_when_the_connection_is_lost(big_wheel):
+    path, data = big_wheel
+    sender = CountingSender({WHEEL: path})
+    protocol = SenderProtocol(sender)
+    transport = PausingTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(_request(1, 0) + _request(2, MAX_FETCH_SIZE))
+    transport.producer.stopProducing()
+    protocol.connectionLost(Failure(ConnectionLost("gone")))
+    assert sender.reads == 1
+
+
+def test_unpaced_beside_another_producer(big_wheel):
+    """A protocol with a producer of its own gets its answers at once."""
+    path, data = big_wheel
+    sender = CountingSender({WHEEL: path})
+    protocol = SenderProtocol(sender)
+    transport = PausingTransport()
+    protocol.makeConnection(transport)
+    other = StringTransport()  # any push producer
+    transport.registerProducer(other, True)
+    protocol.dataReceived(_request(1, 0) + _request(2, MAX_FETCH_SIZE))
+    assert sender.reads == 2
+    assert len(amp.parseString(transport.value())) == 2
 
 
 def test_sender_ranges(wheel):
     path, data = wheel
     sender = FileSender({WHEEL: path})
     assert sender.offered == {WHEEL: path}
-    assert sender.read_chunk(WHEEL, 0, 10) == data[:10]
-    assert sender.read_chunk(WHEEL, 10_000, 1000) == data[10_000:]
-    assert sender.read_chunk(WHEEL, len(data), 1000) == b""
+    assert sender.read_chunks(WHEEL, 0, 10) == [data[:10]]
+    assert sender.read_chunks(WHEEL, 10_000, 1000) == [data[10_000:]]
+    assert sender.read_chunks(WHEEL, len(data), 1000) == []
+    assert sender.read_chunks(WHEEL, 0, MAX_FETCH_SIZE) == [data]
     for offset, length in [(-1, 10), (len(data) + 1, 10), (0, 0),
-                           (0, MAX_CHUNK_SIZE + 1)]:
+                           (0, MAX_FETCH_SIZE + 1)]:
         with pytest.raises(BadRange):
-            sender.read_chunk(WHEEL, offset, length)
+            sender.read_chunks(WHEEL, offset, length)
     with pytest.raises(FileNotOffered):
-        sender.read_chunk("other-1.0-py3-none-any.whl", 0, 10)
+        sender.read_chunks("other-1.0-py3-none-any.whl", 0, 10)
     sender.withdraw(WHEEL)
     with pytest.raises(FileNotOffered):
-        sender.read_chunk(WHEEL, 0, 10)
+        sender.read_chunks(WHEEL, 0, 10)
 
 
 def test_sender_serves_what_was_offered(wheel, tmp_path):
@@ -326,7 +525,7 @@ def test_sender_serves_what_was_offered(wheel, tmp_path):
     sender = FileSender({WHEEL: path})
     path.unlink()
     path.write_bytes(b"something else")
-    assert sender.read_chunk(WHEEL, 0, 20) == data[:20]
+    assert read(sender, WHEEL, 0, 20) == data[:20]
     sender.clear()
     assert sender.offered == {}
 
@@ -334,7 +533,7 @@ def test_sender_serves_what_was_offered(wheel, tmp_path):
 def test_fetch_unoffered_file(wheel):
     path, data = wheel
     client, server, pump = connect(SenderProtocol(FileSender({WHEEL: path})))
-    answer = client.callRemote(FetchChunk, filename="other-1.0.whl",
+    answer = client.callRemote(FetchChunks, filename="other-1.0.whl",
                                offset=0, length=10)
     failure = []
     answer.addErrback(failure.append)
@@ -346,7 +545,7 @@ def test_fetch_unoffered_file(wheel):
 def test_fetch_bad_range_over_amp(wheel):
     path, data = wheel
     client, server, pump = connect(SenderProtocol(FileSender({WHEEL: path})))
-    answer = client.callRemote(FetchChunk, filename=WHEEL,
+    answer = client.callRemote(FetchChunks, filename=WHEEL,
                                offset=len(data) + 1, length=10)
     failure = []
     answer.addErrback(failure.append)
@@ -370,43 +569,58 @@ def test_responders_by_delegation(wheel, output, fake_reactor):
 # -- receiving ---------------------------------------------------------------
 
 class WatchingSender(FileSender):
-    """Checks that nothing is published while chunks are being read."""
+    """Checks that nothing is published while ranges are being read."""
 
     def __init__(self, files, output):
         super().__init__(files)
         self.output = output
         self.requests = []
 
-    def read_chunk(self, filename, offset, length):
+    def read_chunks(self, filename, offset, length):
         assert published(self.output) == []
         self.requests.append((offset, length))
-        return super().read_chunk(filename, offset, length)
+        return super().read_chunks(filename, offset, length)
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_in_memory_transfer(wheel, output, fake_reactor, fast):
+def test_in_memory_transfer(wheel, output, fake_reactor):
     path, data = wheel
     sender = WatchingSender({WHEEL: path}, output)
     client, server, pump = connect(SenderProtocol(sender))
     receiver = make_receiver(output, fake_reactor, durable=True)
-    counting = Counting(client.callRemote)
-    call_remote = client.callRemote if fast else counting
-    final = run(pump, start(receiver, call_remote, data))
+    final = run(pump, start(receiver, client.callRemote, data))
     assert final == output / "simple" / "foo-bar" / WHEEL
     assert final.read_bytes() == data
     assert stat.S_IMODE(final.stat().st_mode) == 0o644
     assert stat.S_IMODE(final.parent.stat().st_mode) == 0o755
     assert stat.S_IMODE(final.parent.parent.stat().st_mode) == 0o755
-    assert len(sender.requests) == 11
-    assert counting.bytes == (0 if fast else len(data))
+    assert sender.requests == [(offset, CHUNK)
+                               for offset in range(0, 10_000, CHUNK)] + \
+        [(10_000, 500)]
     assert incoming(output) == []
     assert published(output) == [final.parent.relative_to(output),
                                  final.relative_to(output)]
 
 
+def test_in_memory_transfer_full_size(big_wheel, output, fake_reactor):
+    """With the default request size: one box per MAX_FETCH_SIZE."""
+    path, data = big_wheel
+    sender = WatchingSender({WHEEL: path}, output)
+    client, server, pump = connect(SenderProtocol(sender))
+    receiver = FileReceiver(output, fake_reactor, threadpool=SyncThreadPool())
+    counting = Counting(client.callRemote)
+    final = run(pump, start(receiver, counting, data))
+    assert final.read_bytes() == data
+    assert sender.requests == [
+        (0, MAX_FETCH_SIZE), (MAX_FETCH_SIZE, MAX_FETCH_SIZE),
+        (2 * MAX_FETCH_SIZE, MAX_FETCH_SIZE),
+        (3 * MAX_FETCH_SIZE, 2 * MAX_CHUNK_SIZE + 123)]
+    assert counting.bytes == len(data)
+    assert incoming(output) == []
+
+
 @pytest_twisted.ensureDeferred
 async def test_loopback_tcp_transfer(tmp_path, reactor):
-    data = payload(3 * MAX_CHUNK_SIZE + 123, seed=2)
+    data = payload(3 * MAX_FETCH_SIZE + 123, seed=2)
     path = tmp_path / WHEEL
     path.write_bytes(data)
     sender = FileSender({WHEEL: path})
@@ -431,38 +645,42 @@ async def test_loopback_tcp_transfer(tmp_path, reactor):
     assert incoming(tmp_path / "output") == []
 
 
-def test_window_is_respected(wheel, output, fake_reactor):
+@pytest.mark.parametrize("fetch_size", [CHUNK, MAX_FETCH_SIZE])
+def test_window_is_respected(output, fake_reactor, tmp_path, fetch_size):
     """Never more than *window* requests outstanding, and the window is
     used, refilled half a window at a time: answers are held back and
     released one at a time."""
-    path, data = wheel
+    data = payload(10 * fetch_size + fetch_size // 2)
+    path = tmp_path / WHEEL
+    path.write_bytes(data)
     sender = FileSender({WHEEL: path})
-    held = []
-
-    def call_remote(command, filename, offset, length):
-        answer = Deferred()
-        held.append((answer, offset, length))
-        return answer
-
+    call_remote = held_answers()
+    held = call_remote.held
     counting = Counting(call_remote)
-    receiver = make_receiver(output, fake_reactor, window=4)
+    receiver = make_receiver(output, fake_reactor, window=4,
+                             fetch_size=fetch_size)
     result = start(receiver, counting, data)
     sent = [len(counting.requests)]
     while held:
         assert len(held) == counting.outstanding <= 4
         answer, offset, length = held.pop(0)
-        answer.callback({"data": sender.read_chunk(WHEEL, offset, length)})
+        answer.callback(as_answer(read(sender, WHEEL, offset, length)))
         sent.append(len(counting.requests) - sum(sent))
     assert result.result.read_bytes() == data
     assert counting.most_outstanding == 4
     assert sent == [4, 0, 2, 0, 2, 0, 2, 0, 1, 0, 0, 0]
-    assert [offset for offset, length in counting.requests] == \
-        list(range(0, 11_000, 1000))
+    assert counting.requests == [
+        (offset, min(fetch_size, len(data) - offset))
+        for offset in range(0, len(data), fetch_size)]
 
 
-def test_write_buffer_pauses_fetching(wheel, output, fake_reactor):
+@pytest.mark.parametrize("fetch_size", [CHUNK, MAX_FETCH_SIZE])
+def test_write_buffer_pauses_fetching(output, fake_reactor, tmp_path,
+                                      fetch_size):
     """While the disk is behind, no more is asked for."""
-    path, data = wheel
+    data = payload(10 * fetch_size + fetch_size // 2)
+    path = tmp_path / WHEEL
+    path.write_bytes(data)
     sender = FileSender({WHEEL: path})
     jobs = []
 
@@ -471,11 +689,12 @@ def test_write_buffer_pauses_fetching(wheel, output, fake_reactor):
             jobs.append((on_result, function, args))
 
     def call_remote(command, filename, offset, length):
-        return succeed({"data": sender.read_chunk(WHEEL, offset, length)})
+        return succeed(as_answer(read(sender, WHEEL, offset, length)))
 
     counting = Counting(call_remote)
     receiver = FileReceiver(output, fake_reactor, threadpool=SlowPool(),
-                            chunk_size=CHUNK, window=8, write_buffer=2500,
+                            fetch_size=fetch_size, window=8,
+                            write_buffer=fetch_size * 5 // 2,
                             durable=False)
     result = start(receiver, counting, data)
     requested = []
@@ -484,9 +703,9 @@ def test_write_buffer_pauses_fetching(wheel, output, fake_reactor):
         on_result, function, args = jobs.pop(0)
         on_result(True, function(*args))
     assert result.result.read_bytes() == data
-    # every answer comes at once, so the window (8) never limits: 3 chunks
-    # (3,000 >= 2,500 bytes) wait for the disk, and each written batch
-    # lets as many more be fetched
+    # every answer comes at once, so the window (8) never limits: 3 pieces
+    # (more than the 2.5 pieces allowed) wait for the disk, and each
+    # written batch lets as many more be fetched
     assert requested[:8] == [0, 3, 4, 6, 7, 9, 10, 11]
 
 
@@ -580,6 +799,65 @@ def test_resume_after_crash(wheel, output, fake_reactor, tmp_path):
                             data))
     assert final.read_bytes() == data
     assert counting.bytes == len(data) - 6000
+
+
+def test_resume_full_size_fetches_only_the_gaps(big_wheel, output,
+                                                fake_reactor):
+    """Ranges saved with holes: the next receive asks for exactly the holes,
+    in requests of at most MAX_FETCH_SIZE, and nothing else."""
+    path, data = big_wheel
+    size = len(data)
+    kept = [(0, 1_000_000), (1_000_000 + 2 * MAX_FETCH_SIZE + 5, size - 7)]
+    incoming_path = output / ".incoming"
+    incoming_path.mkdir(parents=True)
+    part = bytearray(size)
+    for begin, end in kept:
+        part[begin:end] = data[begin:end]
+    (incoming_path / (WHEEL + ".part")).write_bytes(part)
+    (incoming_path / (WHEEL + ".ranges")).write_text(json.dumps({
+        "filename": WHEEL, "size": size, "sha256": sha256(data),
+        "ranges": [list(r) for r in kept]}))
+    sender = WatchingSender({WHEEL: path}, output)
+    client, server, pump = connect(SenderProtocol(sender))
+    counting = Counting(client.callRemote)
+    receiver = make_receiver(output, fake_reactor, fetch_size=MAX_FETCH_SIZE)
+    final = run(pump, start(receiver, counting, data))
+    assert final.read_bytes() == data
+    assert sender.requests == [
+        (1_000_000, MAX_FETCH_SIZE),
+        (1_000_000 + MAX_FETCH_SIZE, MAX_FETCH_SIZE),
+        (1_000_000 + 2 * MAX_FETCH_SIZE, 5),
+        (size - 7, 7)]
+    assert counting.bytes == 2 * MAX_FETCH_SIZE + 12
+
+
+def test_resume_full_size_after_dropped_connection(big_wheel, output,
+                                                   fake_reactor):
+    """At the default request size a dropped connection keeps whole
+    answers, and resuming fetches only what they do not cover."""
+    path, data = big_wheel
+    sender = FileSender({WHEEL: path})
+    receiver = make_receiver(output, fake_reactor, window=2,
+                             fetch_size=MAX_FETCH_SIZE)
+    client, server, pump = connect(SenderProtocol(sender))
+    with pytest.raises(TransferInterrupted, match="lost the connection"):
+        run(pump, start(receiver, _interrupt_after(client, 3), data))
+    saved = _saved_ranges(output)["ranges"]
+    assert saved and all(begin % MAX_FETCH_SIZE == 0 and
+                         (end % MAX_FETCH_SIZE == 0 or end == len(data))
+                         for begin, end in saved)
+    kept = ReceivedRanges(saved).total
+    assert 0 < kept < len(data)
+
+    client, server, pump = connect(SenderProtocol(sender))
+    counting = Counting(client.callRemote)
+    final = run(pump, start(receiver, counting, data))
+    assert final.read_bytes() == data
+    assert counting.bytes == len(data) - kept
+    assert counting.requests == [
+        (offset, min(MAX_FETCH_SIZE, len(data) - offset))
+        for offset in range(kept, len(data), MAX_FETCH_SIZE)]
+    assert incoming(output) == []
 
 
 def test_different_hash_starts_over(wheel, output, fake_reactor):
@@ -685,6 +963,24 @@ def test_sender_returning_too_much(wheel, output, fake_reactor):
         run(pump, start(receiver, client.callRemote, data))
     assert published(output) == []
     assert incoming(output) == []
+
+
+def test_sender_leaving_out_a_value(big_wheel, output, fake_reactor):
+    """Values after a missing one are not used: the answer is short."""
+    path, data = big_wheel
+    client, server, pump = connect(GappySender(data))
+    receiver = make_receiver(output, fake_reactor, fetch_size=MAX_FETCH_SIZE)
+    with pytest.raises(TransferFailed,
+                       match=f"returned only {MAX_CHUNK_SIZE} of "
+                             f"{MAX_FETCH_SIZE} bytes at offset 0 "):
+        run(pump, start(receiver, client.callRemote, data))
+    assert published(output) == [] and incoming(output) == []
+
+
+def test_fetch_size_limits(output, fake_reactor):
+    for fetch_size in (0, MAX_FETCH_SIZE + 1):
+        with pytest.raises(ValueError, match="fetch_size"):
+            FileReceiver(output, fake_reactor, fetch_size=fetch_size)
 
 
 def test_sender_file_shorter_than_declared(wheel, output, fake_reactor):

@@ -22,7 +22,7 @@ Builder -> master:
 
 Master -> builder:
 
-``FetchChunk``    (see :mod:`piwtwist.protocol.transfer`) a range of a wheel.
+``FetchChunks``    (see :mod:`piwtwist.protocol.transfer`) ranges of a wheel.
 ``Done``          the build is recorded; the builder may delete its files and
                   ask for work again.
 

@@ -14,14 +14,18 @@ rename) as two files:
     a transfer of the same (name, size, sha256) fetches only what is
     missing.  A different size or hash starts over.
 
-The reactor thread only parses AMP boxes and keeps the books.  Chunks are
-written and hashed in the thread pool, one batch at a time: the chunks that
-arrive while a batch is being written form the next batch, so a thread hop
-costs little per chunk, a slow disk (or the kernel throttling dirty pages)
-never stalls the reactor, and the hashing runs on another core.  A fresh
-transfer is hashed as it is written, in order, so even a large file needs no
-second read; a resumed one is hashed from disk at the end.  Fetching pauses
-while too much data waits for the disk.
+The file is asked for in pieces of up to
+:data:`~piwtwist.protocol.transfer.MAX_FETCH_SIZE` (960 kB), each answered
+by one AMP box of up to 16 values, with a bounded window of pieces
+outstanding.  The reactor thread only parses AMP boxes and keeps the books.
+Pieces are written (one ``pwritev`` each) and hashed in the thread pool, one
+batch at a time: the pieces that arrive while a batch is being written form
+the next batch, so a slow disk (or the kernel throttling dirty pages) never
+stalls the reactor, and the hashing runs on another core.  A fresh transfer
+is hashed as it is written, in order, so even a large file needs no second
+read; a resumed one is hashed from disk at the end.  Fetching pauses while
+too much data waits for the disk, so a transfer holds at most
+``write_buffer + window * fetch_size`` bytes (about 8 MB by default).
 
 Nothing appears under ``simple/`` until the whole file has been verified,
 synced and renamed into place.
@@ -53,15 +57,16 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from ..protocol.transfer import (
-    MAX_CHUNK_SIZE,
+    DATA_NAMES,
+    MAX_FETCH_SIZE,
     BadRange,
-    FetchChunk,
+    FetchChunks,
     FileNotOffered,
 )
 
 DEFAULT_MAX_SIZE = 2 * 1024 ** 3
-#: Requests outstanding at most; 16 chunks are about 1 MB in flight.
-DEFAULT_WINDOW = 16
+#: Requests outstanding at most; 4 requests ask for about 4 MB.
+DEFAULT_WINDOW = 4
 DEFAULT_ATTEMPTS = 3
 #: How much data may arrive between two saves of the received ranges: what
 #: a restart of the master may have to fetch again.
@@ -83,8 +88,8 @@ _FILENAME_CHARACTERS = re.compile(r"[A-Za-z0-9._+!-]+")
 _CANONICAL_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _HASH_BLOCK = 1024 * 1024
-#: Chunks wait for this much company before they are written, unless no
-#: more are on their way.
+#: Small pieces wait for this much company before they are written, unless
+#: no more are on their way.
 _WRITE_BATCH = 256 * 1024
 
 
@@ -161,7 +166,7 @@ class ReceivedRanges:
 
 
 class _StreamHash:
-    """The sha256 of a file's prefix, fed chunk by chunk as they are
+    """The sha256 of a file's prefix, fed piece by piece as they are
     written (in the writing thread, one batch at a time)."""
 
     def __init__(self):
@@ -169,24 +174,25 @@ class _StreamHash:
         self.position = 0
         self._held = {}
 
-    def feed(self, offset, data):
+    def feed(self, offset, length, chunks):
         if offset != self.position:
-            # overtook an earlier chunk; at most a window's worth waits
-            self._held[offset] = data
+            # overtook an earlier piece; at most a window's worth waits
+            self._held[offset] = length, chunks
             return
-        self.hasher.update(data)
-        self.position += len(data)
-        while self.position in self._held:
-            data = self._held.pop(self.position)
-            self.hasher.update(data)
-            self.position += len(data)
+        while True:
+            for chunk in chunks:
+                self.hasher.update(chunk)
+            self.position += length
+            if self.position not in self._held:
+                return
+            length, chunks = self._held.pop(self.position)
 
 
 class _Transfer:
     """One attempt at receiving one file: the partial file and progress.
 
     Work on the file runs in the thread pool as background jobs (writing
-    batches of chunks, saving the ranges); the file is closed only when no
+    batches of pieces, saving the ranges); the file is closed only when no
     job is running, however the transfer ends.
     """
 
@@ -215,10 +221,12 @@ class _Transfer:
         return {"filename": self.filename, "size": self.size,
                 "sha256": self.sha256, "ranges": self.received.as_list()}
 
-    def missing_chunks(self, chunk_size):
+    def missing_pieces(self, fetch_size):
+        """(offset, length) of what is missing, in pieces of at most
+        *fetch_size* bytes, in order."""
         for start, end in self.received.missing(self.size):
-            for offset in range(start, end, chunk_size):
-                yield offset, min(chunk_size, end - offset)
+            for offset in range(start, end, fetch_size):
+                yield offset, min(fetch_size, end - offset)
 
     def job_started(self):
         self.jobs += 1
@@ -249,20 +257,20 @@ class _Transfer:
 
 
 class _Pipeline:
-    """Fetches a transfer's missing chunks and writes them to its file.
+    """Fetches a transfer's missing pieces and writes them to its file.
 
     At most *window* requests are outstanding, sent half a window at a
     time, and fetching pauses while *write_buffer* bytes wait for the
-    disk.  Writing runs in the thread pool
-    one batch at a time, so the chunks that arrive while a batch is being
-    written form the next batch: the reactor only parses AMP boxes.
+    disk.  Writing runs in the thread pool one batch at a time, so the
+    pieces that arrive while a batch is being written form the next batch:
+    the reactor only parses AMP boxes.
     """
 
     def __init__(self, receiver, transfer, call_remote):
         self._receiver = receiver
         self._transfer = transfer
-        self._fetch_chunk = _chunk_fetcher(call_remote)
-        self._chunks = transfer.missing_chunks(receiver.chunk_size)
+        self._call_remote = call_remote
+        self._pieces = transfer.missing_pieces(receiver.fetch_size)
         self._exhausted = False
         self._outstanding = {}
         self._pending = []
@@ -280,7 +288,7 @@ class _Pipeline:
         self._watchdog = None
 
     def run(self):
-        """Fetch; the Deferred fires once every missing chunk is on disk."""
+        """Fetch; the Deferred fires once every missing piece is on disk."""
         reactor = self._receiver.reactor
         self._quiet_since = reactor.seconds()
         self._watchdog = reactor.callLater(
@@ -291,7 +299,7 @@ class _Pipeline:
 
     def stop(self, failure):
         """Stop with *failure*.  Answers still on their way are ignored;
-        chunks already received are still written (and then count as
+        pieces already received are still written (and then count as
         received when the ranges are saved)."""
         if self._stopped:
             return
@@ -338,17 +346,18 @@ class _Pipeline:
             # refill half a window at a time: one send, and one wake-up of
             # the sender, then carries several requests
             return
+        filename = self._transfer.filename
         while not self._stopped and not self._exhausted and \
                 len(self._outstanding) < receiver.window and \
                 self._buffered < receiver.write_buffer:
             try:
-                offset, length = next(self._chunks)
+                offset, length = next(self._pieces)
             except StopIteration:
                 self._exhausted = True
                 return
             try:
-                request = self._fetch_chunk(self._transfer.filename, offset,
-                                            length)
+                request = self._call_remote(FetchChunks, filename=filename,
+                                            offset=offset, length=length)
             except Exception:
                 self.stop(Failure())
                 return
@@ -357,16 +366,23 @@ class _Pipeline:
                                  callbackArgs=(offset, length),
                                  errbackArgs=(offset,))
 
-    def _received(self, data, offset, length):
+    def _received(self, answer, offset, length):
         del self._outstanding[offset]
         if self._stopped:
             return
         self._answers += 1
-        if len(data) != length:
+        chunks = []
+        for name in DATA_NAMES:
+            chunk = answer.get(name)
+            if chunk is None:
+                break
+            chunks.append(chunk)
+        got = sum(map(len, chunks))
+        if got != length:
             self.stop(Failure(_SenderError(self._wrong_length(
-                offset, length, len(data)))))
+                offset, length, got))))
             return
-        self._pending.append((offset, data))
+        self._pending.append((offset, length, chunks))
         self._buffered += length
         self._write_more()
         self._request_more()
@@ -389,13 +405,13 @@ class _Pipeline:
         if self._writing or not self._pending:
             return
         if self._buffered < _WRITE_BATCH and self._outstanding:
-            return  # more is coming: one thread hop for several chunks
+            return  # more is coming: one thread hop for several pieces
         batch, self._pending = self._pending, []
         self._writing = True
         transfer = self._transfer
         self._receiver._background(
             transfer, lambda result: self._written(result, batch),
-            _write_chunks, transfer.fd, batch, transfer.stream_hash)
+            _write_pieces, transfer.fd, batch, transfer.stream_hash)
 
     def _written(self, result, batch):
         self._writing = False
@@ -403,11 +419,11 @@ class _Pipeline:
         if isinstance(result, Failure):
             self.stop(result)
             return
-        for offset, data in batch:
-            transfer.received.add(offset, offset + len(data))
-            transfer.fetched += len(data)
-            transfer.unsaved += len(data)
-            self._buffered -= len(data)
+        for offset, length, chunks in batch:
+            transfer.received.add(offset, offset + length)
+            transfer.fetched += length
+            transfer.unsaved += length
+            self._buffered -= length
         self._write_more()
         if self._stopped:
             return
@@ -423,66 +439,20 @@ class _Pipeline:
             self._finished.callback(None)
 
 
-def _chunk_fetcher(call_remote):
-    """A function of (filename, offset, length) that asks for a chunk and
-    returns a Deferred that fires with its bytes.
-
-    When *call_remote* is AMP's own ``callRemote``, the request goes out as
-    a raw box: AMP's generic argument handling would cost some 40
-    microseconds more per chunk, a third of what the master spends on one.
-    The wire format and the errors are the same; any other callable (a
-    wrapper, a fake) is called as ``call_remote(FetchChunk, **arguments)``.
-    """
-    protocol = getattr(call_remote, "__self__", None)
-    if not isinstance(protocol, amp.BoxDispatcher) or \
-            getattr(call_remote, "__func__", None) is not \
-            amp.BoxDispatcher.callRemote:
-        def fetch_chunk(filename, offset, length):
-            return call_remote(FetchChunk, filename=filename, offset=offset,
-                               length=length).addCallback(_data)
-        return fetch_chunk
-
-    call_remote_string = protocol.callRemoteString
-    command = FetchChunk.commandName
-
-    def fetch_chunk(filename, offset, length):
-        return call_remote_string(
-            command, filename=filename.encode("utf-8"),
-            offset=b"%d" % offset, length=b"%d" % length).addCallbacks(
-            _box_data, _command_error)
-    return fetch_chunk
-
-
-def _data(answer):
-    return answer["data"]
-
-
-def _box_data(box):
-    return box[b"data"]
-
-
-def _command_error(failure):
-    """A remote error as the exception ``FetchChunk`` declares for it."""
-    failure.trap(amp.RemoteAmpError)
-    error_type = FetchChunk.reverseErrors.get(failure.value.errorCode,
-                                              amp.UnknownRemoteError)
-    description = failure.value.description
-    if isinstance(description, bytes):
-        description = description.decode("utf-8", "replace")
-    return Failure(error_type(description))
-
-
-def _write_chunks(fd, batch, stream_hash):
-    """Write (offset, data) chunks, in the writing thread."""
-    for offset, data in batch:
-        view = memoryview(data)
-        position = offset
-        while view:
-            written = os.pwrite(fd, view, position)
-            view = view[written:]
-            position += written
+def _write_pieces(fd, batch, stream_hash):
+    """Write (offset, length, chunks) pieces, in the writing thread: one
+    system call per piece, however many values it came in."""
+    for offset, length, chunks in batch:
+        written = os.pwritev(fd, chunks, offset)
+        if written < length:  # rare: finish it a slice at a time
+            view = memoryview(b"".join(chunks))[written:]
+            position = offset + written
+            while view:
+                written = os.pwrite(fd, view, position)
+                view = view[written:]
+                position += written
         if stream_hash is not None:
-            stream_hash.feed(offset, data)
+            stream_hash.feed(offset, length, chunks)
 
 
 class FileReceiver:
@@ -494,7 +464,7 @@ class FileReceiver:
     must be on the output tree's filesystem).  Limits: *max_size* bytes per
     file, *window* outstanding requests, *write_buffer* bytes waiting for
     the disk, *attempts* whole-file tries when the hash does not match,
-    *chunk_size* bytes per request (at most :data:`MAX_CHUNK_SIZE`),
+    *fetch_size* bytes per request (at most :data:`MAX_FETCH_SIZE`),
     *chunk_timeout* seconds without any answer.  The received ranges are
     saved every *checkpoint_bytes*.  *durable* (the default) syncs data
     before it is recorded as received and before it is published.
@@ -505,14 +475,14 @@ class FileReceiver:
     log = Logger()
 
     def __init__(self, output_path, reactor, *, threadpool=None,
-                 incoming_path=None, chunk_size=MAX_CHUNK_SIZE,
+                 incoming_path=None, fetch_size=MAX_FETCH_SIZE,
                  window=DEFAULT_WINDOW, max_size=DEFAULT_MAX_SIZE,
                  attempts=DEFAULT_ATTEMPTS,
                  checkpoint_bytes=DEFAULT_CHECKPOINT_BYTES,
                  chunk_timeout=DEFAULT_CHUNK_TIMEOUT,
                  write_buffer=DEFAULT_WRITE_BUFFER, durable=True):
-        if not 0 < chunk_size <= MAX_CHUNK_SIZE:
-            raise ValueError(f"chunk_size must be 1..{MAX_CHUNK_SIZE}")
+        if not 0 < fetch_size <= MAX_FETCH_SIZE:
+            raise ValueError(f"fetch_size must be 1..{MAX_FETCH_SIZE}")
         if window < 1 or attempts < 1:
             raise ValueError("window and attempts must be at least 1")
         self.output_path = Path(output_path)
@@ -520,7 +490,7 @@ class FileReceiver:
             else self.output_path / ".incoming"
         self.reactor = reactor
         self.threadpool = threadpool
-        self.chunk_size = chunk_size
+        self.fetch_size = fetch_size
         self.window = window
         self.max_size = max_size
         self.attempts = attempts
