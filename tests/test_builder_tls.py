@@ -22,6 +22,14 @@ from tests.test_builder_hub import (
 )
 
 
+class BuilderEnd(amp.AMP):
+    """A builder's end that hears the master's goodbye, as builders do."""
+
+    @proto.Bye.responder
+    def bye(self, reason):
+        return {}
+
+
 def self_signed(directory):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
@@ -62,7 +70,7 @@ async def test_builder_talks_to_the_hub_over_tls(reactor, tmp_path):
     description = master_endpoint_description(
         f"tls:localhost:{port.getHost().port}:trustRoots={cert_path.parent}")
     client = endpoints.clientFromString(reactor, description)
-    connection = await client.connect(Factory.forProtocol(amp.AMP))
+    connection = await client.connect(Factory.forProtocol(BuilderEnd))
     try:
         nonce = b"n" * 32
         reply = await connection.callRemote(
