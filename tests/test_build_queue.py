@@ -129,3 +129,42 @@ def test_bursts_of_refresh_requests_share_one_query():
     assert len(db.calls) == 2
     db.answer(-1)
     queue.stopService()
+
+
+def test_entry_finished_while_a_refresh_runs_is_not_brought_back():
+    db = SlowDatabase([entry("a"), entry("b")])
+    queue, clock = started(db)
+    db.answer(0)
+    queue.request_refresh()
+    clock.advance(1)  # a query is in flight...
+    taken = queue.take("cp311", "builder 1")
+    queue.finish(taken)  # ...when the build is recorded
+    db.answer(-1)  # the answer predates the recording
+    assert [e.package for e in queue._queues["cp311"]] == ["b"]
+    queue.stopService()
+
+
+def test_running_dry_refreshes_at_once():
+    db = SlowDatabase([entry("a")])
+    queue, clock = started(db)
+    db.answer(0)
+    queue.take("cp311", "builder 1")
+    assert queue.take("cp311", "builder 2") is None
+    clock.advance(0)
+    assert len(db.calls) == 2
+    db.answer(-1)
+    queue.stopService()
+
+
+def test_concurrent_refreshes_run_one_query_at_a_time():
+    db = SlowDatabase([entry("a")])
+    queue, clock = started(db)
+    waiting = [defer.Deferred.fromCoroutine(queue.refresh())
+               for _ in range(3)]
+    for expected_calls in (1, 2, 3, 4):
+        # the start-up query, then one per waiter: never two at once
+        assert len(db.calls) == expected_calls
+        assert sum(not d.called for d, _, _ in db.calls) == 1
+        db.answer(-1)
+    assert all(d.called for d in waiting)
+    queue.stopService()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.protocols import amp
 from twisted.test import iosim
 
@@ -454,3 +454,45 @@ def test_build_of_a_release_deleted_meanwhile_is_discarded(tmp_path):
     assert not list((tmp_path / "simple" / "foo").iterdir())
     assert harness.queue.held() == {}
     assert harness.builds == []
+
+
+class SlowRecordingDatabase(FakeDatabase):
+    """log_build waits until the test lets it finish."""
+
+    def __init__(self, entries=()):
+        super().__init__(entries)
+        self.pending = []
+
+    def log_build(self, build):
+        d = defer.Deferred()
+        self.pending.append((d, build))
+        return d
+
+    def finish_all(self):
+        for d, build in self.pending:
+            self.logged.append(build)
+            self.entries = [e for e in self.entries
+                            if (e.package, e.version) != (build.package,
+                                                          build.version)]
+            d.callback(len(self.logged))
+        self.pending = []
+
+
+def test_a_failure_being_recorded_is_never_handed_out_again(tmp_path):
+    harness = Harness(tmp_path, [entry("foo"), entry("bar")])
+    harness.hub.db = SlowRecordingDatabase(harness.db.entries)
+    harness.queue.db = harness.hub.db
+    one, two = harness.connect(), harness.connect()
+    one.login()
+    two.login()
+    first = one.idle()["package"]
+    assert one.report(first, "1.0", False, reason="boom") == proto.DONE
+    # it asks again at once, while the failure is still being written
+    second = one.idle()
+    assert second["package"] != first
+    harness.clock.advance(5)  # refreshes run meanwhile
+    assert two.idle()["action"] == proto.SLEEP
+    harness.hub.db.finish_all()
+    harness.clock.advance(5)
+    assert two.idle()["action"] == proto.SLEEP
+    assert [b.package for b in harness.hub.db.logged] == [first]

@@ -34,6 +34,7 @@ class BuildQueue(service.Service):
         self._queues = {}
         self._held = {}
         self._dropped = set()
+        self._finished = set()
         self._unwanted = set()
         self._loop = None
         self._pending_refresh = None
@@ -72,10 +73,11 @@ class BuildQueue(service.Service):
 
     async def refresh(self):
         """Reload the first entries of every ABI's queue from the database."""
-        if self._refreshing is not None:
+        while self._refreshing is not None:
             # one query at a time; a request during it gets a fresh one after
             await self._refreshing
         self._dropped = set()
+        self._finished = set()
         done = defer.Deferred()
         self._refreshing = done
         try:
@@ -83,7 +85,10 @@ class BuildQueue(service.Service):
                                                     list(self._held))
             queues = {}
             for entry in entries:
-                if _key(entry) in self._held or self._is_dropped(entry):
+                # held, dropped, or built while the query ran: the answer
+                # predates what we know now
+                if _key(entry) in self._held or _key(entry) in \
+                        self._finished or self._is_dropped(entry):
                     continue
                 queues.setdefault(entry.abi_tag, deque()).append(entry)
             self._queues = queues
@@ -91,11 +96,16 @@ class BuildQueue(service.Service):
             self._refreshing = None
             done.callback(None)
 
-    def request_refresh(self):
-        """Refresh soon; bursts of requests share one query."""
-        if self._pending_refresh is None or not self._pending_refresh.active():
+    def request_refresh(self, delay=None):
+        """Refresh soon; bursts of requests share one query (an urgent
+        request brings a pending one forward)."""
+        delay = self.settle_delay if delay is None else delay
+        pending = self._pending_refresh
+        if pending is None or not pending.active():
             self._pending_refresh = self.clock.callLater(
-                self.settle_delay, self._refresh_logging_errors)
+                delay, self._refresh_logging_errors)
+        elif pending.getTime() > self.clock.seconds() + delay:
+            pending.reset(delay)
 
     # handing out work -----------------------------------------------------
 
@@ -110,7 +120,8 @@ class BuildQueue(service.Service):
             if len(queue) < self.size // 2:
                 self.request_refresh()
             return entry
-        self.request_refresh()
+        # ran dry: builders are waiting, so do not wait to settle
+        self.request_refresh(delay=0)
         return None
 
     def hold(self, entry, holder):
@@ -134,6 +145,8 @@ class BuildQueue(service.Service):
         """*entry* was built (or failed) and recorded."""
         self._unwanted.discard(_key(entry))
         self._held.pop(_key(entry), None)
+        if self._refreshing is not None:
+            self._finished.add(_key(entry))
 
     def drop(self, package, version=None):
         """A package or release was deleted or skipped: stop offering it."""

@@ -357,8 +357,12 @@ class BuilderHub(service.Service):
     def next_action(self, connection):
         state = connection.info
         if state.entry is not None:
-            # it asked for work, so whatever it held was not built
-            self.queue.release(state.entry)
+            # it asked for work, so whatever it held was not built (unless
+            # its result is being recorded right now: that finishes it)
+            entry = state.entry
+            if (entry.abi_tag, entry.package, entry.version) not in \
+                    self._recording:
+                self.queue.release(entry)
             self._unassign(connection)
         if state.kill_requested:
             state.status = "leaving"
@@ -412,6 +416,9 @@ class BuilderHub(service.Service):
         d = defer.Deferred.fromCoroutine(self._record(
             connection, entry, status, duration, reason, output, files))
         d.addBoth(self._recorded, key)
+        if not status:
+            # the builder is done with it; the recording owns it now
+            self._unassign(connection)
         return proto.SEND if status else proto.DONE
 
     def _recorded(self, result, key):
@@ -438,11 +445,20 @@ class BuilderHub(service.Service):
                           id=state.builder_id)
             return
         except DatabaseUnavailable as e:
-            self.log.warn("could not record {package} {version}: {error}; "
-                          "dropping builder {id} so it reports again",
-                          package=entry.package, version=entry.version,
-                          error=str(e), id=state.builder_id)
-            connection.transport.abortConnection()
+            if status:
+                # the builder still holds the result and reports it again
+                self.log.warn("could not record {package} {version}: "
+                              "{error}; dropping builder {id} so it reports "
+                              "again", package=entry.package,
+                              version=entry.version, error=str(e),
+                              id=state.builder_id)
+                connection.transport.abortConnection()
+            else:
+                self.log.warn("could not record the failed build of "
+                              "{package} {version}: {error}; it goes back to "
+                              "the queue", package=entry.package,
+                              version=entry.version, error=str(e))
+                self.queue.release(entry)
             return
         except psycopg2.IntegrityError as e:
             # the release went away (deleted on PyPI) while it was built:

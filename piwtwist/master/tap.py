@@ -21,8 +21,12 @@ from ..db.pool import ConnectionPool
 from ..logs import add_log_observers
 from ..shared_secret import SecretError, read_secret
 from ..transfer.receiver import FileReceiver
+from ..web.page_writer import PageWriter
+from ..web.server import site as web_site
+from ..web.statistics import SiteStatistics
 from .build_queue import BuildQueue
 from .builder_hub import DEFAULT_PLATFORM_ALIASES, BuilderHub
+from .pypi_follower import new_pypi_follower, page_writer_listener
 from .systemd import notify_ready, notify_stopping
 
 
@@ -66,6 +70,9 @@ class Options(ToolOptions):
          "Endpoint description of piw-logger's socket."],
         ["http-endpoint", None, None,
          "Serve the output tree over HTTP on this endpoint too."],
+        ["site-url", None, "http://localhost/",
+         "The address the output tree is published at (for the sitemap "
+         "and the install instructions)."],
         ["build-abi", None, None,
          "An ABI to build for (repeatable), e.g. cp311."],
         ["secret-file", None, "/etc/piwheels/secret",
@@ -80,6 +87,16 @@ class Options(ToolOptions):
     optFlags = [
         ["dev-mode", None,
          "Development mode: shorter delays, no pages of every package."],
+        ["pypi-populate", None,
+         "On a fresh database, record every package PyPI has (with its "
+         "releases) before following the journal, instead of following "
+         "it from PyPI's latest event; hours at PyPI's size, resumable."],
+        ["build-pure-wheels", None,
+         "Also build releases PyPI already publishes a py3-none-any wheel "
+         "of (by default they are skipped: pip would meet two files of "
+         "the same name with different hashes)."],
+        ["no-pypi-follow", None,
+         "Do not follow PyPI at all (tests, offline demonstrations)."],
     ]
 
     def opt_slave_queue(self, value):
@@ -137,6 +154,37 @@ class MasterService(service.MultiService):
         self.hub.setServiceParent(self.dependents)
         strports.service(options["builder-queue"],
                          self.hub.factory()).setServiceParent(self.dependents)
+        dev_mode = options["dev-mode"]
+        self.statistics = SiteStatistics(
+            self.db, reactor, interval=10.0 if dev_mode else 60.0)
+        self.statistics.setServiceParent(self.dependents)
+        self.page_writer = PageWriter(
+            self.db, output, reactor, statistics=self.statistics,
+            site_url=options["site-url"],
+            rewrite_all_at_start=not dev_mode,
+            rewrite_delay=0.5 if dev_mode else 2.0,
+            home_interval=10.0 if dev_mode else 60.0,
+            search_interval=10.0 if dev_mode else 300.0)
+        self.page_writer.setServiceParent(self.dependents)
+        self.hub.build_listeners.append(self.page_writer.build_finished)
+        self.follower = None
+        if not options["no-pypi-follow"]:
+            self.follower = new_pypi_follower(
+                self.db, reactor, output,
+                xmlrpc_url=options["pypi-xmlrpc"],
+                json_url=options["pypi-json"],
+                build_queue=self.queue,
+                populate=options["pypi-populate"],
+                skip_pure_wheels=not options["build-pure-wheels"],
+                poll_interval=2.0 if dev_mode else 10.0)
+            self.follower.page_listeners.append(
+                page_writer_listener(self.page_writer))
+            self.follower.setServiceParent(self.dependents)
+        if options["http-endpoint"]:
+            strports.service(
+                options["http-endpoint"],
+                web_site(output, db=self.db, clock=reactor),
+            ).setServiceParent(self.dependents)
 
     def startService(self):
         self.log_observers = add_log_observers(self.options)

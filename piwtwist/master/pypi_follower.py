@@ -1,0 +1,1048 @@
+"""The PyPI follower: keeps the database in step with PyPI's journal.
+
+Every ``poll_interval`` seconds the follower asks PyPI's XML-RPC API for the
+journal after the last serial it saved (``changelog_since_serial``), and
+keeps asking while the answers are full batches.  Each batch is put in a
+safe order (:class:`~piwtwist.pypi.journal.JournalSequencer`), enriched with
+what the JSON API knows about the releases it touches, and applied in
+chunks: one database transaction a chunk, which also saves the serial the
+chunk brings the database up to.  A crash therefore never skips an event;
+at worst a stretch of the journal is applied again, which changes nothing.
+
+What the journal's actions do:
+
+==================  =====================================================
+create              the package (canonical name), its description
+new release         the package; a release without files is not recorded
+add ... file        the release; skipped as "binary only" until it has a
+                    source file, and as "pure-Python wheel on PyPI" once
+                    PyPI has a py3-none-any wheel (``skip_pure_wheels``)
+remove file         the release's skip is worked out again from its files
+remove release      the release, its builds and its files on disk
+remove project      the package, everything of it, its files on disk
+yank / unyank       the release's yanked flag and PyPI's reason
+rename              the old package is removed, the new one recorded with
+                    the releases PyPI lists for it
+==================  =====================================================
+
+Every spelling of a name is kept as an alias with the time it was last seen.
+
+**Page listeners.**  The page writer (and anything else that shows what the
+database holds) learns of changes through ``follower.page_listeners``: a
+list of callables, each called after the change is committed as
+``listener(package, version, what_changed)``, where *package* is the
+canonical name, *version* is None for package-wide changes, and
+*what_changed* is one of the :class:`PageChange` values.  A listener must
+not block; what it raises is logged and otherwise ignored.
+
+Deletions also reach the build queue at once (``build_queue.drop``) and
+remove the deleted builds' files from ``<output>/simple/<package>/`` (with
+any ``.metadata`` beside them), never anything outside it.
+"""
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import attrs
+import psycopg2
+from packaging.utils import canonicalize_name
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ..db.client import Database
+from ..db.pool import CONNECTION_ERRORS, DatabaseUnavailable
+from ..pypi.http import (
+    BackOff, Malformed, PyPIProblem, in_thread, new_http_client,
+    utc_from_timestamp,
+)
+from ..pypi.journal import (
+    Action, FileKind, JournalSequencer, MalformedEntry, parse_entry,
+)
+from ..pypi.json_api import PyPIJson
+from ..pypi.xmlrpc import PyPIXmlRpc
+
+SKIP_BINARY_ONLY = "binary only"
+SKIP_PURE_WHEEL = "pure-Python wheel on PyPI"
+SKIP_NO_FILES = "no files on PyPI"
+#: the skip reasons the follower sets and may change again; any other
+#: reason was set by an operator and is left alone
+AUTOMATIC_SKIPS = frozenset({"", SKIP_BINARY_ONLY, SKIP_PURE_WHEEL,
+                             SKIP_NO_FILES})
+
+#: What PyPI's XML-RPC API returns at most per call.
+PYPI_BATCH_LIMIT = 50_000
+
+
+class PageChange:
+    """The *what_changed* values page listeners receive."""
+
+    PACKAGE_ADDED = "package added"
+    PACKAGE_DELETED = "package deleted"
+    DESCRIPTION = "description"
+    NEW_NAME = "new name"  # a spelling not seen before: project/<alias>
+    VERSION_ADDED = "version added"
+    VERSION_DELETED = "version deleted"
+    VERSION_SKIP = "version skip"  # now skipped, or no longer
+    YANK = "yank"  # yanked, unyanked, or a new reason
+    DETAILS = "details"  # release time or Requires-Python learned later
+
+
+# What a prefetch could not find out (as opposed to None: PyPI does not
+# know the release or project any more).
+_FAILED = object()
+
+
+def skip_for(kinds, skip_pure_wheels=True):
+    """The automatic skip reason of a release whose files are of *kinds*."""
+    if skip_pure_wheels and FileKind.PURE_WHEEL in kinds:
+        return SKIP_PURE_WHEEL
+    if FileKind.SOURCE in kinds:
+        return ""
+    return SKIP_BINARY_ONLY if kinds else SKIP_NO_FILES
+
+
+# What an automatic skip reason says about a release's files.
+_IMPLIED_KINDS = {
+    "": {FileKind.SOURCE},
+    SKIP_BINARY_ONLY: {FileKind.BINARY},
+    SKIP_PURE_WHEEL: {FileKind.PURE_WHEEL},
+    SKIP_NO_FILES: set(),
+}
+
+
+class _TransactionRunner:
+    """Stands in for the connection pool inside one transaction, so that a
+    :class:`Database` built on it runs every call on the same cursor."""
+
+    def __init__(self, cursor):
+        self.cursor = cursor
+
+    async def run_query(self, sql, params=None):
+        await self.cursor.execute(sql, params)
+        return self.cursor.fetchall()
+
+
+async def in_transaction(db, work):
+    """``await work(tx)`` with *tx* a :class:`Database` whose calls all run
+    in one transaction: committed when *work* returns, rolled back when it
+    raises.  *work* may run twice if the connection is lost (the pool
+    retries once), so it must keep its results to itself until it returns.
+    """
+    def interaction(cursor):
+        return defer.Deferred.fromCoroutine(
+            work(Database(_TransactionRunner(cursor))))
+    return await db.pool.run_interaction(interaction)
+
+
+@attrs.define
+class _Outcome:
+    """What a committed transaction asks of the world outside the
+    database."""
+
+    pages: dict = attrs.Factory(dict)  # (package, version, what) -> None
+    files: list = attrs.Factory(list)  # (package, filename)
+    dropped: list = attrs.Factory(list)  # (package, version or None)
+    queue_changed: bool = False
+    repairs: dict = attrs.Factory(dict)  # (kind, package, x) -> serial
+    names: list = attrs.Factory(list)  # (package, name) recorded
+    applied: int = 0
+
+    def page(self, package, version, what):
+        self.pages[(package, version, what)] = None
+
+    def repair(self, key, serial):
+        """Ask the JSON API about *key* again later, for an answer that
+        covers the journal up to *serial*."""
+        self.repairs[key] = max(serial, self.repairs.get(key, 0))
+
+
+class _Details:
+    """What the JSON API said about the releases and projects of a chunk."""
+
+    def __init__(self, releases=None, projects=None):
+        self.releases = releases or {}
+        self.projects = projects or {}
+
+    def release(self, package, version):
+        found = self.releases.get((package, version))
+        return None if found is _FAILED else found
+
+    def release_failed(self, package, version):
+        return self.releases.get((package, version)) is _FAILED
+
+    def project(self, package):
+        found = self.projects.get(package)
+        return None if found is _FAILED else found
+
+    def project_failed(self, package):
+        return self.projects.get(package) is _FAILED
+
+
+class _Applier:
+    """Applies events through one transaction's :class:`Database`,
+    remembering what it learnt about the database on the way so that the
+    many events of one release cost few queries."""
+
+    def __init__(self, tx, details, outcome, skip_pure_wheels):
+        self.tx = tx
+        self.details = details
+        self.outcome = outcome
+        self.skip_pure_wheels = skip_pure_wheels
+        self.packages = {}  # package -> exists
+        self.versions = {}  # (package, version) -> skip, or None if absent
+        self.names = {}  # (package, name) -> last seen (journal time)
+
+    async def apply(self, event):
+        handler = getattr(self, "_" + event.action.name.lower())
+        await handler(event)
+        self.outcome.applied += 1
+
+    async def finish(self):
+        """Record the spellings seen, with the latest sighting of each."""
+        for (package, name), seen in self.names.items():
+            if await self._package_exists(package):
+                await self.tx.add_package_name(package, name,
+                                               utc_from_timestamp(seen))
+                self.outcome.names.append((package, name))
+        self.names.clear()
+
+    # the database's state, cached for the transaction ----------------------
+
+    async def _package_exists(self, package):
+        if package not in self.packages:
+            self.packages[package] = await self.tx.test_package(package)
+        return self.packages[package]
+
+    async def _version_skip(self, package, version):
+        key = (package, version)
+        if key not in self.versions:
+            self.versions[key] = await self.tx.get_version_skip(package,
+                                                                version)
+        return self.versions[key]
+
+    def _saw_name(self, package, name, timestamp):
+        key = (package, name)
+        self.names[key] = max(timestamp, self.names.get(key, timestamp))
+
+    async def _ensure_package(self, package, name, timestamp,
+                              description=""):
+        self._saw_name(package, name, timestamp)
+        if self.packages.get(package):
+            created = False
+        else:
+            created = await self.tx.add_new_package(package, "", description)
+            self.packages[package] = True
+        if created:
+            self.outcome.page(package, None, PageChange.PACKAGE_ADDED)
+        elif description:
+            await self.tx.set_package_description(package, description)
+            self.outcome.page(package, None, PageChange.DESCRIPTION)
+        return created
+
+    async def _set_skip(self, package, version, skip):
+        await self.tx.skip_package_version(package, version, skip)
+        self.versions[(package, version)] = skip
+        self.outcome.page(package, version, PageChange.VERSION_SKIP)
+        if skip:
+            self.outcome.dropped.append((package, version))
+        else:
+            self.outcome.queue_changed = True
+
+    async def _add_version(self, package, version, kinds, release, timestamp):
+        skip = skip_for(kinds, self.skip_pure_wheels)
+        released = release.released if release and release.released \
+            else utc_from_timestamp(timestamp)
+        requires = release.requires_python if release else ""
+        added = await self.tx.add_new_package_version(
+            package, version, released, skip, requires)
+        if not added:  # someone else was quicker
+            self.versions.pop((package, version), None)
+            return False
+        self.versions[(package, version)] = skip
+        self.outcome.page(package, version, PageChange.VERSION_ADDED)
+        if not skip:
+            self.outcome.queue_changed = True
+        if release is not None:
+            if release.summary:
+                await self.tx.set_package_description(package,
+                                                      release.summary)
+                self.outcome.page(package, None, PageChange.DESCRIPTION)
+            if release.yanked:
+                await self.tx.yank_version(package, version,
+                                           release.yank_reason)
+        return True
+
+    def _needs_repair(self, event):
+        """Remember to ask the JSON API again when it failed or lagged."""
+        release = self.details.release(event.package, event.version)
+        if self.details.release_failed(event.package, event.version) or (
+                release is not None and release.as_of < event.serial):
+            self.outcome.repair(("release", event.package, event.version),
+                                event.serial)
+
+    # the actions -----------------------------------------------------------
+
+    async def _create(self, event):
+        project = self.details.project(event.package)
+        if self.details.project_failed(event.package):
+            self.outcome.repair(("description", event.package, None),
+                                event.serial)
+        await self._ensure_package(event.package, event.name,
+                                   event.timestamp,
+                                   project.summary if project else "")
+
+    async def _new_release(self, event):
+        await self._ensure_package(event.package, event.name,
+                                   event.timestamp)
+
+    async def _add_file(self, event):
+        await self._ensure_package(event.package, event.name,
+                                   event.timestamp)
+        release = self.details.release(event.package, event.version)
+        kinds = {event.file_kind}
+        if release is not None:
+            kinds |= release.kinds()
+        skip = await self._version_skip(event.package, event.version)
+        if skip is None:
+            self._needs_repair(event)
+            if await self._add_version(event.package, event.version, kinds,
+                                       release, event.timestamp):
+                return
+            skip = await self._version_skip(event.package, event.version)
+        if skip not in AUTOMATIC_SKIPS:
+            return
+        wanted = skip_for(kinds | _IMPLIED_KINDS[skip],
+                          self.skip_pure_wheels)
+        if wanted != skip:
+            await self._set_skip(event.package, event.version, wanted)
+
+    async def _remove_file(self, event):
+        skip = await self._version_skip(event.package, event.version)
+        if skip is None or skip not in AUTOMATIC_SKIPS:
+            return
+        self._needs_repair(event)
+        release = self.details.release(event.package, event.version)
+        if release is None:
+            # not known (the repair will see to it) or the whole release is
+            # gone (its "remove release" is on its way)
+            return
+        kinds = {f.kind for f in release.files
+                 if f.filename != event.filename}
+        wanted = skip_for(kinds, self.skip_pure_wheels)
+        if wanted != skip:
+            await self._set_skip(event.package, event.version, wanted)
+
+    async def _remove_release(self, event):
+        if await self._version_skip(event.package, event.version) is None:
+            return
+        files = await self.tx.delete_version(event.package, event.version)
+        self.versions[(event.package, event.version)] = None
+        self.outcome.files.extend((event.package, f) for f in files)
+        self.outcome.dropped.append((event.package, event.version))
+        self.outcome.page(event.package, event.version,
+                          PageChange.VERSION_DELETED)
+
+    async def _delete_package(self, package):
+        if not await self._package_exists(package):
+            return
+        files = await self.tx.delete_package(package)
+        self.packages[package] = False
+        for key in [k for k in self.versions if k[0] == package]:
+            self.versions[key] = None
+        for key in [k for k in self.names if k[0] == package]:
+            del self.names[key]
+        self.outcome.files.extend((package, f) for f in files)
+        self.outcome.dropped.append((package, None))
+        self.outcome.page(package, None, PageChange.PACKAGE_DELETED)
+
+    async def _remove_project(self, event):
+        await self._delete_package(event.package)
+
+    async def _yank(self, event):
+        if await self._version_skip(event.package, event.version) is None:
+            return
+        self._needs_repair(event)
+        release = self.details.release(event.package, event.version)
+        reason = release.yank_reason if release and release.yanked else ""
+        await self.tx.yank_version(event.package, event.version, reason)
+        self.outcome.page(event.package, event.version, PageChange.YANK)
+
+    async def _unyank(self, event):
+        if await self._version_skip(event.package, event.version) is None:
+            return
+        await self.tx.unyank_version(event.package, event.version)
+        self.outcome.page(event.package, event.version, PageChange.YANK)
+
+    async def _rename(self, event):
+        if event.old_package == event.package:
+            # only the spelling changed: one more alias
+            await self._ensure_package(event.package, event.name,
+                                       event.timestamp)
+            return
+        await self._delete_package(event.old_package)
+        project = self.details.project(event.package)
+        if project is None:
+            if self.details.project_failed(event.package):
+                self.outcome.repair(("project", event.package, event.name),
+                                    event.serial)
+            await self._ensure_package(event.package, event.name,
+                                       event.timestamp)
+            return
+        await self.add_project(event.package, event.name, project,
+                               event.timestamp)
+
+    # whole projects (population, renames, repairs) --------------------------
+
+    async def add_project(self, package, name, project, timestamp):
+        """Record *package* with every release PyPI lists with files."""
+        await self._ensure_package(package, name, timestamp,
+                                   project.summary)
+        for version, release in project.releases.items():
+            if not release.files:
+                continue
+            if await self._version_skip(package, version) is None:
+                await self._add_version(package, version, release.kinds(),
+                                        attrs.evolve(release, summary=""),
+                                        timestamp)
+
+    async def sync_release(self, package, version, release):
+        """Bring a recorded release in line with what the JSON API says
+        now (after a failed or stale answer)."""
+        skip = await self._version_skip(package, version)
+        if skip is None:
+            return
+        await self.tx.update_version_details(
+            package, version, release.released, release.requires_python)
+        self.outcome.page(package, version, PageChange.DETAILS)
+        if skip in AUTOMATIC_SKIPS and release.files:
+            wanted = skip_for(release.kinds(), self.skip_pure_wheels)
+            if wanted != skip:
+                await self._set_skip(package, version, wanted)
+        if release.yanked:
+            await self.tx.yank_version(package, version, release.yank_reason)
+            self.outcome.page(package, version, PageChange.YANK)
+
+
+def remove_published_files(output_path, doomed):
+    """Delete the files in *doomed* ((package, filename) pairs) and their
+    ``.metadata`` from ``<output_path>/simple/<package>/``; refuse anything
+    that would land elsewhere.  Runs in a thread; returns the problems."""
+    problems = []
+    root = (Path(output_path) / "simple").resolve()
+    for package, filename in doomed:
+        if package != canonicalize_name(package) or "/" in filename or \
+                "\\" in filename or filename.startswith(".") or \
+                "\x00" in filename:
+            problems.append(f"refusing to delete {package}/{filename!r}")
+            continue
+        directory = root / package
+        for name in (filename, filename + ".metadata"):
+            path = directory / name
+            try:
+                real = path.parent.resolve() / path.name
+                if real.parent.parent != root:
+                    problems.append(f"refusing to delete {path}: it is not "
+                                    f"in {root}")
+                    break
+                os.unlink(real)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                problems.append(f"cannot delete {path}: {e}")
+    return problems
+
+
+class PyPIFollower(service.Service):
+    """Keeps the database in step with PyPI; see the module docstring.
+
+    *xmlrpc* and *json_api* are :class:`~piwtwist.pypi.xmlrpc.PyPIXmlRpc`
+    and :class:`~piwtwist.pypi.json_api.PyPIJson` clients; *http_pool*, if
+    given, is the connection pool behind them, closed when the service
+    stops.
+    """
+
+    log = Logger()
+    name = "pypi follower"
+
+    def __init__(self, db, clock, xmlrpc, json_api, output_path, *,
+                 build_queue=None, page_listeners=(), populate=False,
+                 skip_pure_wheels=True, poll_interval=10.0,
+                 batch_limit=PYPI_BATCH_LIMIT, chunk_size=1000,
+                 backoff=None, sequencer=None, http_pool=None,
+                 repairs_per_poll=50, max_repairs=10_000,
+                 populate_group=50):
+        self.db = db
+        self.clock = clock
+        self.xmlrpc = xmlrpc
+        self.json = json_api
+        self.output_path = Path(output_path)
+        self.build_queue = build_queue
+        self.page_listeners = list(page_listeners)
+        self.populate = populate
+        self.skip_pure_wheels = skip_pure_wheels
+        self.poll_interval = poll_interval
+        self.batch_limit = batch_limit
+        self.chunk_size = chunk_size
+        self.backoff = backoff or BackOff()
+        self.json_backoff = BackOff(initial=poll_interval, maximum=600.0)
+        self.sequencer = sequencer or JournalSequencer()
+        self.http_pool = http_pool
+        self.repairs_per_poll = repairs_per_poll
+        self.max_repairs = max_repairs
+        self.populate_group = populate_group
+        self.paused = False
+        self.caught_up = False
+        self.saved_serial = None
+        self.events_applied = 0
+        self.last_problem = None
+        self._repairs = OrderedDict()  # (kind, package, x) -> attempts
+        self._names_seen = OrderedDict()
+        self._next_poll = None
+        self._cycle = None
+        self._interruptible_work = set()
+        self._stopping = False
+        self._problem_kind = None
+        self._json_trouble = None
+        self._json_retry_at = 0.0
+
+    # service ---------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._stopping = False
+        self._poll_in(0)
+
+    def stopService(self):
+        super().stopService()
+        self._stopping = True
+        self._cancel_poll()
+        # requests to PyPI are given up; a database transaction finishes
+        for work in list(self._interruptible_work):
+            work.cancel()
+        return defer.Deferred.fromCoroutine(self._wind_down(self._cycle))
+
+    async def _wind_down(self, cycle):
+        if cycle is not None:
+            await cycle
+        if self.http_pool is not None:
+            await self.http_pool.closeCachedConnections()
+
+    def pause(self):
+        """Stop polling PyPI (a batch being applied is finished first)."""
+        self.paused = True
+        self._cancel_poll()
+        self.log.info("following PyPI paused")
+
+    def resume(self):
+        if self.paused:
+            self.paused = False
+            self.log.info("following PyPI resumed")
+            self._poll_in(0)
+
+    def status(self):
+        """Figures for monitors and the statistics page."""
+        return {
+            "serial": self.saved_serial,
+            "caught_up": self.caught_up,
+            "paused": self.paused,
+            "events_applied": self.events_applied,
+            "parked_deletions": len(self.sequencer.parked()),
+            "repairs_pending": len(self._repairs),
+            "problem": self.last_problem,
+        }
+
+    # scheduling ------------------------------------------------------------
+
+    def _cancel_poll(self):
+        if self._next_poll is not None and self._next_poll.active():
+            self._next_poll.cancel()
+        self._next_poll = None
+
+    def _poll_in(self, seconds):
+        self._cancel_poll()
+        if self.paused or self._stopping or not self.running:
+            return
+        if self._cycle is not None:
+            return  # the running cycle schedules the next one
+        self._next_poll = self.clock.callLater(seconds, self._start_cycle)
+
+    def _start_cycle(self):
+        self._next_poll = None
+        cycle = defer.Deferred.fromCoroutine(self._cycle_once())
+        if not cycle.called:
+            self._cycle = cycle
+
+    async def _interruptible(self, work):
+        """Await *work* (a coroutine), cancelled if the service stops."""
+        running = defer.Deferred.fromCoroutine(work)
+        self._interruptible_work.add(running)
+        try:
+            return await running
+        finally:
+            self._interruptible_work.discard(running)
+
+    async def _cycle_once(self):
+        """One poll, with every error caught and logged: the next poll is
+        always scheduled."""
+        failed = True
+        try:
+            delay = await self._follow()
+            failed = False
+            self.backoff.succeeded()
+            if self._problem_kind is not None:
+                self.log.info("PyPI's journal can be read again")
+                self.last_problem = self._problem_kind = None
+        except PyPIProblem as problem:
+            delay = self._reading_failed(problem)
+        except defer.CancelledError:
+            delay = self.backoff.failed()
+        except (DatabaseUnavailable, *CONNECTION_ERRORS) as e:
+            delay = self.backoff.failed()
+            if not self._stopping:
+                self.log.warn("the database is unavailable ({error}); "
+                              "following PyPI again in {delay:.0f} s",
+                              error=str(e).strip(), delay=delay)
+        except Exception:
+            delay = self.backoff.failed()
+            self.log.failure("following PyPI failed; trying again in "
+                             "{delay:.0f} s", delay=delay)
+        finally:
+            self._cycle = None
+        if failed and self.saved_serial is not None:
+            # whatever was read but not applied is read again
+            self.sequencer.start_at(self.saved_serial)
+        self._poll_in(delay)
+
+    def _reading_failed(self, problem):
+        delay = self.backoff.failed(problem.retry_after)
+        kind = type(problem).__name__
+        if isinstance(problem, Malformed) or kind != self._problem_kind:
+            self.log.warn(
+                "cannot read PyPI's journal at {url} ({problem}); trying "
+                "again with back-off, next in {delay:.0f} s",
+                url=self.xmlrpc.url, problem=problem, delay=delay)
+        else:
+            self.log.debug("still cannot read PyPI's journal ({problem}); "
+                           "next try in {delay:.0f} s",
+                           problem=problem, delay=delay)
+        self._problem_kind = kind
+        self.last_problem = f"{kind}: {problem}"
+        return delay
+
+    # following -------------------------------------------------------------
+
+    async def _follow(self):
+        """Read and apply the journal until caught up; the seconds to wait
+        before the next poll."""
+        if self.saved_serial is None:
+            self.saved_serial = await self._starting_serial()
+            self.sequencer.start_at(self.saved_serial)
+        while not self._stopping:
+            wait = self.xmlrpc.client.waiting()
+            if wait > 0:
+                # PyPI asked for a pause (RateLimit, Retry-After): not a
+                # problem worth a warning
+                return wait
+            entries = await self._interruptible(
+                self.xmlrpc.changelog_since_serial(self.sequencer.high_water))
+            full = len(entries) >= self.batch_limit
+            self.caught_up = not full
+            self.json.prefer_projects = full
+            events, through = self._parse(entries)
+            ordered = self.sequencer.sequence(events, through)
+            self.sequencer.expire(None if full else self.clock.seconds())
+            await self._apply(ordered)
+            if not ordered and not self._stopping:
+                await self._save_serial(self.sequencer.safe_serial())
+            if not full or self.paused:
+                break
+        if not self._stopping and not self.paused:
+            await self._repair_some()
+        return self.poll_interval
+
+    def _parse(self, entries):
+        events = []
+        through = None
+        problems = []
+        for entry in entries:
+            try:
+                event = parse_entry(entry)
+            except MalformedEntry as e:
+                problems.append(str(e))
+                serial = entry[4] if isinstance(entry, (list, tuple)) and \
+                    len(entry) == 5 else None
+            else:
+                if event is not None:
+                    events.append(event)
+                serial = entry[4]
+            if isinstance(serial, int) and not isinstance(serial, bool):
+                through = serial if through is None else max(through, serial)
+        if problems:
+            self.log.warn("skipped {count} journal entries that make no "
+                          "sense, for example: {example}",
+                          count=len(problems), example=problems[0])
+        return events, through
+
+    async def _save_serial(self, serial):
+        if serial > self.saved_serial:
+            self.saved_serial = await self.db.set_pypi_serial(serial)
+
+    async def _starting_serial(self):
+        serial = await self.db.get_pypi_serial()
+        if serial:
+            self.log.info("following PyPI's journal from serial {serial}",
+                          serial=serial)
+            return serial
+        if self.populate:
+            serial = await self._populate()
+        else:
+            serial = await self._interruptible(
+                self.xmlrpc.changelog_last_serial())
+            self.log.info("a fresh database: following PyPI's journal from "
+                          "its latest serial, {serial} (the master's "
+                          "--pypi-populate records every existing package "
+                          "first)", serial=serial)
+        return await self.db.set_pypi_serial(serial)
+
+    async def _apply(self, ordered):
+        """Apply *ordered* in chunks, each in one transaction that also
+        saves the serial it brings the database up to."""
+        for start in range(0, len(ordered), self.chunk_size):
+            if self._stopping:
+                return
+            chunk = ordered[start:start + self.chunk_size]
+            rest = ordered[start + self.chunk_size:]
+            details = await self._prefetch(chunk)
+            if self._stopping:
+                return
+            await self._commit(chunk, details, rest)
+
+    async def _commit(self, chunk, details, rest):
+        serial = self.sequencer.safe_serial(rest)
+        try:
+            outcome = await self._transaction(chunk, details, serial)
+        except psycopg2.Error as e:
+            if isinstance(e, CONNECTION_ERRORS):
+                raise
+            # one event the database refuses must not stop the journal:
+            # apply the chunk one event at a time and skip the culprit
+            self.log.warn("the database refused a chunk of PyPI's journal "
+                          "({error}); applying it event by event",
+                          error=str(e).strip())
+            for index, event in enumerate(chunk):
+                serial = self.sequencer.safe_serial(chunk[index + 1:] +
+                                                    list(rest))
+                try:
+                    outcome = await self._transaction([event], details,
+                                                      serial)
+                except psycopg2.Error as e:
+                    if isinstance(e, CONNECTION_ERRORS):
+                        raise
+                    self.log.warn("skipping {event}: the database refused "
+                                  "it ({error})", event=event.describe(),
+                                  error=str(e).strip())
+                    continue
+                await self._after_commit(outcome, serial)
+            return
+        await self._after_commit(outcome, serial)
+
+    async def _transaction(self, events, details, serial):
+        async def work(tx):
+            outcome = _Outcome()
+            applier = _Applier(tx, details, outcome, self.skip_pure_wheels)
+            for event in events:
+                await applier.apply(event)
+            await applier.finish()
+            if serial > self.saved_serial:
+                await tx.set_pypi_serial(serial)
+            return outcome
+        return await in_transaction(self.db, work)
+
+    async def _after_commit(self, outcome, serial=None):
+        """Tell the build queue, the output tree and the page listeners."""
+        if serial is not None:
+            self.saved_serial = max(self.saved_serial, serial)
+        self.events_applied += outcome.applied
+        for key, serial in outcome.repairs.items():
+            self._want_repair(key, serial)
+        for package, name in outcome.names:
+            if (package, name) in self._names_seen:
+                self._names_seen.move_to_end((package, name))
+                continue
+            self._names_seen[(package, name)] = None
+            if len(self._names_seen) > 50_000:
+                self._names_seen.popitem(last=False)
+            if name != package:
+                outcome.page(package, None, PageChange.NEW_NAME)
+        if self.build_queue is not None:
+            for package, version in outcome.dropped:
+                self.build_queue.drop(package, version)
+            if outcome.queue_changed:
+                self.build_queue.request_refresh()
+        if outcome.files:
+            problems = await in_thread(self.clock, remove_published_files,
+                                       self.output_path, outcome.files)
+            for problem in problems:
+                self.log.warn("{problem}", problem=problem)
+        for package, version, what in outcome.pages:
+            self._tell_listeners(package, version, what)
+
+    def _tell_listeners(self, package, version, what):
+        for listener in self.page_listeners:
+            try:
+                listener(package, version, what)
+            except Exception:
+                self.log.failure("page listener {listener!r} failed on "
+                                 "{package} {version} ({what})",
+                                 listener=listener, package=package,
+                                 version=version, what=what)
+
+    # the JSON API ----------------------------------------------------------
+
+    def _json_usable(self):
+        return self.clock.seconds() >= self._json_retry_at
+
+    async def _prefetch(self, chunk):
+        """Ask the JSON API, a few requests at a time, about the releases
+        and projects *chunk* touches.  Failures are recorded, never raised.
+        """
+        releases, projects = {}, {}
+        stale_will_do = {}
+        for event in chunk:
+            if event.action in (Action.ADD_FILE, Action.YANK,
+                                Action.REMOVE_FILE):
+                key = (event.package, event.version)
+                releases[key] = max(releases.get(key, 0), event.serial)
+                # a yank's reason and a removal's remaining files must be
+                # current; a new file's release details can be a bit old
+                stale_will_do[key] = stale_will_do.get(key, True) and \
+                    event.action is Action.ADD_FILE
+            elif event.action is Action.CREATE or (
+                    event.action is Action.RENAME and
+                    event.old_package != event.package):
+                projects[event.package] = max(projects.get(event.package, 0),
+                                              event.serial)
+        details = _Details()
+        if not self._json_usable():
+            details.releases = dict.fromkeys(releases, _FAILED)
+            details.projects = dict.fromkeys(projects, _FAILED)
+            return details
+
+        async def fetch(store, key, query):
+            try:
+                store[key] = await self._interruptible(query)
+            except defer.CancelledError:
+                store[key] = _FAILED
+            except PyPIProblem as problem:
+                store[key] = _FAILED
+                self._json_failed(problem)
+            else:
+                self._json_worked()
+
+        work = [defer.Deferred.fromCoroutine(fetch(
+                    details.releases, key,
+                    self.json.release(key[0], key[1], serial,
+                                      allow_stale=stale_will_do[key])))
+                for key, serial in releases.items()]
+        work += [defer.Deferred.fromCoroutine(fetch(
+                     details.projects, package,
+                     self.json.project(package, serial)))
+                 for package, serial in projects.items()]
+        if work:
+            await defer.gatherResults(work, consumeErrors=True)
+        return details
+
+    def _json_failed(self, problem):
+        if isinstance(problem, Malformed):
+            self.log.warn("PyPI's JSON API gave a malformed answer "
+                          "({problem}); the release details will be asked "
+                          "for again later", problem=problem)
+            return
+        delay = self.json_backoff.failed(problem.retry_after)
+        self._json_retry_at = self.clock.seconds() + delay
+        if self._json_trouble is None:
+            self.log.warn("PyPI's JSON API failed ({problem}); going on "
+                          "without release details for {delay:.0f} s, they "
+                          "will be filled in later",
+                          problem=problem, delay=delay)
+        else:
+            self.log.debug("PyPI's JSON API failed again ({problem})",
+                           problem=problem)
+        self._json_trouble = str(problem)
+
+    def _json_worked(self):
+        self.json_backoff.succeeded()
+        if self._json_trouble is not None:
+            self.log.info("PyPI's JSON API answers again")
+            self._json_trouble = None
+
+    def _want_repair(self, key, serial):
+        wanted = self._repairs.get(key)
+        if wanted is None:
+            if len(self._repairs) >= self.max_repairs:
+                return
+            self._repairs[key] = wanted = [0, serial]
+        wanted[1] = max(wanted[1], serial)
+
+    async def _repair_some(self):
+        """Ask the JSON API again about releases and projects it failed on,
+        or answered about before PyPI's CDN had caught up with the journal,
+        and bring the database in line with the answer."""
+        for key in list(self._repairs)[:self.repairs_per_poll]:
+            if self._stopping or not self._json_usable():
+                return
+            kind, package, extra = key
+            attempt = self._repairs[key]
+            try:
+                if kind == "release":
+                    found = await self._interruptible(self.json.release(
+                        package, extra, attempt[1], allow_stale=False))
+                else:
+                    found = await self._interruptible(self.json.project(
+                        package, attempt[1], allow_stale=False))
+            except defer.CancelledError:
+                return
+            except PyPIProblem as problem:
+                self._json_failed(problem)
+                found = _FAILED
+            else:
+                self._json_worked()
+            as_of = getattr(found, "as_of", getattr(found, "last_serial", 0))
+            if found is _FAILED or (found is not None and
+                                    as_of < attempt[1]):
+                attempt[0] += 1
+                if attempt[0] >= 5:
+                    del self._repairs[key]
+                    self.log.warn("giving up on the details of {package} "
+                                  "{what} from PyPI's JSON API",
+                                  package=package, what=extra or "")
+                else:
+                    self._repairs.move_to_end(key)
+                continue
+            del self._repairs[key]
+            if found is not None:
+                await self._repair(kind, package, extra, found)
+
+    async def _repair(self, kind, package, extra, found):
+        async def work(tx):
+            outcome = _Outcome()
+            applier = _Applier(tx, _Details(), outcome,
+                               self.skip_pure_wheels)
+            if kind == "release":
+                await applier.sync_release(package, extra, found)
+            elif await applier._package_exists(package):
+                if kind == "project":
+                    await applier.add_project(package, extra, found,
+                                              self.clock.seconds())
+                elif found.summary:
+                    await tx.set_package_description(package, found.summary)
+                    outcome.page(package, None, PageChange.DESCRIPTION)
+            await applier.finish()
+            return outcome
+        await self._after_commit(await in_transaction(self.db, work))
+
+    # population ------------------------------------------------------------
+
+    async def _populate(self):
+        """Record every package PyPI has, with its releases; the serial to
+        follow the journal from.  Resumable: packages already recorded are
+        left alone, and the serial is saved only at the end."""
+        serial = await self._interruptible(
+            self.xmlrpc.changelog_last_serial())
+        names = await self._interruptible(
+            self.xmlrpc.list_packages_with_serial())
+        known = set(await self.db.get_all_packages())
+        todo = sorted(name for name in names
+                      if canonicalize_name(name) not in known)
+        self.log.info("populating the database from PyPI: {todo} of "
+                      "{total} packages to record (journal serial {serial})",
+                      todo=len(todo), total=len(names), serial=serial)
+        self.json.prefer_projects = True
+        failed = []
+        for start in range(0, len(todo), self.populate_group):
+            if self._stopping:
+                raise defer.CancelledError("stopping while populating")
+            group = todo[start:start + self.populate_group]
+            failed += await self._populate_group(group, retry_failures=False)
+            if self._stopping:
+                raise defer.CancelledError("stopping while populating")
+            if start and start % (self.populate_group * 100) == 0:
+                self.log.info("populated {done} of {todo} packages",
+                              done=start, todo=len(todo))
+        if failed:
+            # a second chance; then the bare package, details later
+            await self._populate_group(failed, retry_failures=True)
+        self.log.info("population done: following PyPI's journal from "
+                      "serial {serial}", serial=serial)
+        return serial
+
+    async def _populate_group(self, names, retry_failures):
+        found = {}
+
+        async def fetch(name):
+            try:
+                found[name] = await self._interruptible(
+                    self.json.project(name))
+            except defer.CancelledError:
+                found[name] = _FAILED
+            except PyPIProblem as problem:
+                found[name] = _FAILED
+                self._json_failed(problem)
+
+        await defer.gatherResults(
+            [defer.Deferred.fromCoroutine(fetch(n)) for n in names],
+            consumeErrors=True)
+        now = self.clock.seconds()
+        failed = [n for n in names if found[n] is _FAILED]
+
+        async def work(tx):
+            outcome = _Outcome()
+            applier = _Applier(tx, _Details(), outcome,
+                               self.skip_pure_wheels)
+            for name in names:
+                package = canonicalize_name(name)
+                project = found[name]
+                if project is _FAILED:
+                    if not retry_failures:
+                        continue
+                    outcome.repair(("project", package, name), 0)
+                    await applier._ensure_package(package, name, now)
+                elif project is not None:
+                    await applier.add_project(package, name, project, now)
+            await applier.finish()
+            return outcome
+
+        await self._after_commit(await in_transaction(self.db, work))
+        return failed
+
+
+def new_pypi_follower(db, reactor, output_path, *, xmlrpc_url, json_url,
+                      **options):
+    """A :class:`PyPIFollower` with its own HTTP connection pool (closed
+    when it stops) shared by its XML-RPC and JSON clients."""
+    http, pool = new_http_client(reactor)
+    return PyPIFollower(
+        db, reactor, PyPIXmlRpc(http, reactor, xmlrpc_url),
+        PyPIJson(http, reactor, json_url), output_path, http_pool=pool,
+        **options)
+
+
+def page_writer_listener(page_writer):
+    """A page listener that turns the follower's changes into the page
+    writer's requests."""
+    def changed(package, version, what):
+        if what == PageChange.PACKAGE_DELETED:
+            page_writer.delete_package(package)
+        elif what == PageChange.VERSION_DELETED:
+            page_writer.delete_version(package, version)
+        elif what in (PageChange.DESCRIPTION, PageChange.NEW_NAME):
+            page_writer.request_rewrite(package, both=False)
+            page_writer.rewrite_search()
+        else:
+            page_writer.request_rewrite(package, both=True)
+            if what == PageChange.PACKAGE_ADDED:
+                page_writer.rewrite_index()
+                page_writer.rewrite_search()
+    return changed
