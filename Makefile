@@ -22,43 +22,38 @@ help:
 	@echo "make test    install what is missing and run the tests"
 	@echo "make bench   run the benchmarks in bench/ (see bench/README.md)"
 
-# PostgreSQL's server programs and Python's venv module.
+# What the tests need from Debian: required (PostgreSQL's server, Python's
+# venv) and wanted (bubblewrap for the build sandbox, Chromium for the
+# browser test, nginx and Apache for the example configurations; their
+# tests skip without them).  As root everything missing is installed at
+# once; otherwise only the required ones stop us.
+WANTED_TOOLS = bwrap:bubblewrap chromium:chromium nginx:nginx-light \
+	apache2:apache2
 install-system:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && \
-	    ! command -v initdb >/dev/null 2>&1; then \
-	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	        echo "Installing PostgreSQL (apt-get install postgresql)..."; \
-	        apt-get update -qq && \
-	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	            postgresql >/dev/null; \
-	    else \
-	        echo "PostgreSQL's server is not installed; please run:"; \
-	        echo "  sudo apt-get install postgresql"; exit 1; \
-	    fi; \
-	fi
-	@# builders sandbox each build with bubblewrap where it is installed
-	@if ! command -v bwrap >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	@required=""; wanted=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	    command -v initdb >/dev/null 2>&1 || required="postgresql"; \
+	$(PYTHON) -c "import venv, ensurepip" >/dev/null 2>&1 || \
+	    required="$$required python3-venv"; \
+	for pair in $(WANTED_TOOLS); do \
+	    command -v $${pair%%:*} >/dev/null 2>&1 || \
+	    [ -x /usr/sbin/$${pair%%:*} ] || wanted="$$wanted $${pair#*:}"; \
+	done; \
+	if [ -n "$$required$$wanted" ] && [ "$$(id -u)" = 0 ] && \
 	    command -v apt-get >/dev/null; then \
-	    echo "Installing bubblewrap (apt-get install bubblewrap)..."; \
+	    echo "Installing from Debian:$$required$$wanted"; \
 	    apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	        bubblewrap >/dev/null; \
+	        $$required $$wanted fonts-dejavu-core >/dev/null; \
+	elif [ -n "$$required" ]; then \
+	    echo "Missing: $$required; please run: sudo apt-get install" \
+	        "$$required"; exit 1; \
 	fi
 	@# the services refuse root, so as root the tests and the demo run them
 	@# as this unprivileged system user
 	@if [ "$$(id -u)" = 0 ] && ! id piwheels >/dev/null 2>&1; then \
 	    useradd --system --user-group --home-dir /nonexistent \
 	        --no-create-home --shell /usr/sbin/nologin piwheels; \
-	fi
-	@if ! $(PYTHON) -c "import venv, ensurepip" >/dev/null 2>&1; then \
-	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	        apt-get update -qq && \
-	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	            python3-venv >/dev/null; \
-	    else \
-	        echo "Python's venv module is missing; please run:"; \
-	        echo "  sudo apt-get install python3-venv"; exit 1; \
-	    fi; \
 	fi
 
 $(VENV)/bin/activate:

@@ -230,6 +230,18 @@ CREATE TABLE rewrites_pending (
     CONSTRAINT rewrites_pending_command_ck CHECK (command IN ('PROJECT', 'BOTH'))
 );
 
+-- queue_history: the build queue's length per ABI, one sample an hour (the
+-- latest of that hour), for the statistics page's chart
+CREATE TABLE queue_history (
+    abi_tag     VARCHAR(100) NOT NULL,
+    recorded_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    queued      BIGINT NOT NULL,
+
+    CONSTRAINT queue_history_pk PRIMARY KEY (recorded_at, abi_tag),
+    CONSTRAINT queue_history_abi_fk FOREIGN KEY (abi_tag)
+        REFERENCES build_abis ON DELETE CASCADE
+);
+
 
 -- build_queue: every (ABI, release) that wants a build now.  It is derived
 -- state, kept up to date by the functions below whenever a release, a
@@ -1061,6 +1073,103 @@ AS $sql$
     SELECT r.package, r.added_at, r.command
     FROM jsonb_to_recordset(pending)
         AS r(package VARCHAR, added_at TIMESTAMP WITH TIME ZONE, command VARCHAR);
+$sql$;
+
+-------------------------------------------------------------------------------
+-- The web pages
+-------------------------------------------------------------------------------
+
+-- get_project_builds: every build of a package, for the project page's
+-- table of releases and its links to the build logs
+CREATE FUNCTION get_project_builds(pkg VARCHAR)
+RETURNS TABLE (
+    build_id INTEGER, version VARCHAR, abi_tag VARCHAR, status BOOLEAN,
+    built_at TIMESTAMP WITH TIME ZONE, duration INTERVAL, reason VARCHAR
+)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT b.build_id, b.version, b.abi_tag, b.status, b.built_at,
+           b.duration, b.reason
+    FROM builds b
+    WHERE b.package = pkg
+    ORDER BY b.build_id
+$sql$;
+
+-- get_project_dependencies: what each published file of a package needs, in
+-- one call rather than one per file
+CREATE FUNCTION get_project_dependencies(pkg VARCHAR)
+RETURNS TABLE (filename VARCHAR, tool VARCHAR, dependency VARCHAR)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT d.filename, d.tool, d.dependency
+    FROM builds b
+    JOIN files f ON f.build_id = b.build_id
+    JOIN dependencies d ON d.filename = f.filename
+    WHERE b.package = pkg AND b.status
+    ORDER BY d.filename, d.tool, d.dependency
+$sql$;
+
+-- get_builds_per_day: builds and successful builds per ABI for each UTC day
+-- of the last "days" days (today included).  The range condition on
+-- built_at reads only the recent end of builds_built_at.
+CREATE FUNCTION get_builds_per_day(days INTEGER)
+RETURNS TABLE (day DATE, abi_tag VARCHAR, builds BIGINT, successes BIGINT)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT (b.built_at AT TIME ZONE 'UTC')::DATE, b.abi_tag, COUNT(*),
+           COUNT(*) FILTER (WHERE b.status)
+    FROM builds b
+    WHERE b.built_at >= (date_trunc('day', CURRENT_TIMESTAMP AT TIME ZONE 'UTC')
+                         - (days - 1) * INTERVAL '1 day') AT TIME ZONE 'UTC'
+    GROUP BY 1, 2
+    ORDER BY 1, 2
+$sql$;
+
+-- get_downloads_per_day: downloads for each UTC day of the last "days"
+-- days, through downloads_accessed_at
+CREATE FUNCTION get_downloads_per_day(days INTEGER)
+RETURNS TABLE (day DATE, downloads BIGINT)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT (d.accessed_at AT TIME ZONE 'UTC')::DATE, COUNT(*)
+    FROM downloads d
+    WHERE d.accessed_at >= (date_trunc('day', CURRENT_TIMESTAMP AT TIME ZONE 'UTC')
+                            - (days - 1) * INTERVAL '1 day') AT TIME ZONE 'UTC'
+    GROUP BY 1
+    ORDER BY 1
+$sql$;
+
+-- record_queue_lengths: get_queue_lengths, also kept as this hour's sample
+-- in queue_history (samples older than 400 days are dropped)
+CREATE FUNCTION record_queue_lengths()
+RETURNS TABLE (abi_tag VARCHAR, queued BIGINT)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    WITH sample AS (
+        SELECT * FROM get_queue_lengths()
+    ), saved AS (
+        INSERT INTO queue_history (abi_tag, recorded_at, queued)
+        SELECT s.abi_tag, date_trunc('hour', CURRENT_TIMESTAMP), s.queued
+        FROM sample s
+        ON CONFLICT ON CONSTRAINT queue_history_pk
+        DO UPDATE SET queued = EXCLUDED.queued
+    ), pruned AS (
+        DELETE FROM queue_history h
+        WHERE h.recorded_at < CURRENT_TIMESTAMP - INTERVAL '400 days'
+    )
+    SELECT s.abi_tag, s.queued FROM sample s ORDER BY s.abi_tag
+$sql$;
+
+-- get_queue_history: the hourly samples of the last "days" days
+CREATE FUNCTION get_queue_history(days INTEGER)
+RETURNS TABLE (recorded_at TIMESTAMP WITH TIME ZONE, abi_tag VARCHAR,
+               queued BIGINT)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT h.recorded_at, h.abi_tag, h.queued
+    FROM queue_history h
+    WHERE h.recorded_at >= CURRENT_TIMESTAMP - days * INTERVAL '1 day'
+    ORDER BY h.recorded_at, h.abi_tag
 $sql$;
 
 -------------------------------------------------------------------------------

@@ -182,7 +182,8 @@ class Deployment:
             "--build-abi", self.abi,
             "--builder-queue", f"tcp:{self.port}:interface=127.0.0.1",
             "--pypi-simple", self.index_url,
-            "--secret-file", str(self.secret), "--dev-mode", *extra,
+            "--secret-file", str(self.secret), "--dev-mode",
+            "--no-pypi-follow", *extra,
         ], directory, self.user)
         self.services.append(master)
         return master

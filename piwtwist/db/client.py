@@ -11,8 +11,9 @@ from datetime import timezone
 import attrs
 
 from .records import (
-    Alias, Build, BuildAbi, BuildFile, Dependency, ProjectFile,
-    ProjectVersion, QueueEntry, RewritePending, SearchEntry, Statistics,
+    Alias, Build, BuildAbi, BuildFile, DailyBuilds, DailyDownloads,
+    Dependency, ProjectBuild, ProjectFile, ProjectVersion, QueueEntry,
+    QueueSample, RewritePending, SearchEntry, Statistics,
 )
 
 # Build logs are full of terminal escapes and the odd NUL byte, which
@@ -183,6 +184,22 @@ class Database:
                                 (filename,))
         return [_record(Dependency, row) for row in rows]
 
+    async def get_project_builds(self, package):
+        rows = await self._rows("SELECT * FROM get_project_builds(%s)",
+                                (package,))
+        return [_record(ProjectBuild, row) for row in rows]
+
+    async def get_project_dependencies(self, package):
+        """Every published file's dependencies: file name -> tuple of
+        :class:`Dependency` (files without any are left out)."""
+        rows = await self._rows("SELECT * FROM get_project_dependencies(%s)",
+                                (package,))
+        found = {}
+        for row in rows:
+            found.setdefault(row.filename, []).append(
+                Dependency(row.tool, row.dependency))
+        return {name: tuple(deps) for name, deps in found.items()}
+
     async def get_preinstalled_apt_packages(self, abi):
         return await self._column(
             "SELECT * FROM get_preinstalled_apt_packages(%s)", (abi,))
@@ -255,6 +272,26 @@ class Database:
     async def get_statistics(self):
         rows = await self._rows("SELECT * FROM get_statistics()")
         return _record(Statistics, rows[0])
+
+    async def record_queue_lengths(self):
+        """get_queue_lengths, also saved as this hour's sample."""
+        rows = await self._rows("SELECT * FROM record_queue_lengths()")
+        return {row.abi_tag: row.queued for row in rows}
+
+    async def get_queue_history(self, days):
+        rows = await self._rows("SELECT * FROM get_queue_history(%s)",
+                                (days,))
+        return [_record(QueueSample, row) for row in rows]
+
+    async def get_builds_per_day(self, days):
+        rows = await self._rows("SELECT * FROM get_builds_per_day(%s)",
+                                (days,))
+        return [_record(DailyBuilds, row) for row in rows]
+
+    async def get_downloads_per_day(self, days):
+        rows = await self._rows("SELECT * FROM get_downloads_per_day(%s)",
+                                (days,))
+        return [_record(DailyDownloads, row) for row in rows]
 
     async def get_search_index(self):
         rows = await self._rows("SELECT * FROM get_search_index()")

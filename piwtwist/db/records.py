@@ -4,7 +4,7 @@ Services pass these around instead of rows, so nothing outside ``piwtwist.db``
 depends on column order or on the database driver.
 """
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import attrs
 
@@ -113,6 +113,40 @@ class ProjectFile:
     requires_python: str
     yanked: bool
     yank_reason: str
+
+
+@attrs.frozen
+class ProjectBuild:
+    """One build of a package, as the project page shows it."""
+
+    build_id: int
+    version: str
+    abi_tag: str
+    status: bool
+    built_at: datetime
+    duration: timedelta
+    reason: str
+
+
+@attrs.frozen
+class DailyBuilds:
+    day: date
+    abi_tag: str
+    builds: int
+    successes: int
+
+
+@attrs.frozen
+class DailyDownloads:
+    day: date
+    downloads: int
+
+
+@attrs.frozen
+class QueueSample:
+    recorded_at: datetime
+    abi_tag: str
+    queued: int
 
 
 @attrs.frozen

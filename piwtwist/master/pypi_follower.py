@@ -33,15 +33,25 @@ list of callables, each called after the change is committed as
 ``listener(package, version, what_changed)``, where *package* is the
 canonical name, *version* is None for package-wide changes, and
 *what_changed* is one of the :class:`PageChange` values.  A listener must
-not block; what it raises is logged and otherwise ignored.
+not block; what it raises is logged and otherwise ignored.  The master
+subscribes the page writer through :func:`page_writer_listener`.
 
 Deletions also reach the build queue at once (``build_queue.drop``) and
 remove the deleted builds' files from ``<output>/simple/<package>/`` (with
 any ``.metadata`` beside them), never anything outside it.
+
+The JSON API is asked a few requests at a time, for the next chunk while
+the current one is written; when it fails the events are applied with what
+the journal says, and the release or project is asked about again after the
+follower has caught up ("repairs").  A fresh database (serial 0) is
+followed from PyPI's latest serial, or with ``populate`` first filled from
+``list_packages_with_serial`` and each project's JSON.  ``pause()`` and
+``resume()`` stop and restart polling; ``status()`` has figures for
+monitors.
 """
 
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 import attrs
@@ -147,6 +157,9 @@ class _Outcome:
     queue_changed: bool = False
     repairs: dict = attrs.Factory(dict)  # (kind, package, x) -> serial
     names: list = attrs.Factory(list)  # (package, name) recorded
+    descriptions: dict = attrs.Factory(dict)  # package -> written
+    deleted: list = attrs.Factory(list)  # packages
+    existing: list = attrs.Factory(list)  # packages known to exist
     applied: int = 0
 
     def page(self, package, version, what):
@@ -185,11 +198,18 @@ class _Applier:
     remembering what it learnt about the database on the way so that the
     many events of one release cost few queries."""
 
-    def __init__(self, tx, details, outcome, skip_pure_wheels):
+    def __init__(self, tx, details, outcome, skip_pure_wheels,
+                 descriptions=None, known_packages=()):
         self.tx = tx
         self.details = details
         self.outcome = outcome
         self.skip_pure_wheels = skip_pure_wheels
+        #: package -> the description the database has (as far as known)
+        self.descriptions = {} if descriptions is None else descriptions
+        # packages an earlier transaction recorded are taken to exist
+        # still (if an operator removed one meanwhile, the transaction
+        # fails and is retried without this knowledge)
+        self.known_packages = known_packages
         self.packages = {}  # package -> exists
         self.versions = {}  # (package, version) -> skip, or None if absent
         self.names = {}  # (package, name) -> last seen (journal time)
@@ -210,8 +230,14 @@ class _Applier:
 
     # the database's state, cached for the transaction ----------------------
 
+    def _known_to_exist(self, package):
+        exists = self.packages.get(package)
+        if exists is None and package in self.known_packages:
+            exists = self.packages[package] = True
+        return exists
+
     async def _package_exists(self, package):
-        if package not in self.packages:
+        if self._known_to_exist(package) is None:
             self.packages[package] = await self.tx.test_package(package)
         return self.packages[package]
 
@@ -229,17 +255,29 @@ class _Applier:
     async def _ensure_package(self, package, name, timestamp,
                               description=""):
         self._saw_name(package, name, timestamp)
-        if self.packages.get(package):
+        if self._known_to_exist(package):
             created = False
         else:
             created = await self.tx.add_new_package(package, "", description)
             self.packages[package] = True
         if created:
             self.outcome.page(package, None, PageChange.PACKAGE_ADDED)
-        elif description:
-            await self.tx.set_package_description(package, description)
-            self.outcome.page(package, None, PageChange.DESCRIPTION)
+            self.outcome.descriptions[package] = description
+        else:
+            await self._describe(package, description)
         return created
+
+    async def _describe(self, package, description):
+        """Set *package*'s description unless it is known to be that."""
+        if not description:
+            return
+        known = self.outcome.descriptions.get(
+            package, self.descriptions.get(package))
+        if known == description:
+            return
+        await self.tx.set_package_description(package, description)
+        self.outcome.descriptions[package] = description
+        self.outcome.page(package, None, PageChange.DESCRIPTION)
 
     async def _set_skip(self, package, version, skip):
         await self.tx.skip_package_version(package, version, skip)
@@ -265,10 +303,7 @@ class _Applier:
         if not skip:
             self.outcome.queue_changed = True
         if release is not None:
-            if release.summary:
-                await self.tx.set_package_description(package,
-                                                      release.summary)
-                self.outcome.page(package, None, PageChange.DESCRIPTION)
+            await self._describe(package, release.summary)
             if release.yanked:
                 await self.tx.yank_version(package, version,
                                            release.yank_reason)
@@ -304,14 +339,15 @@ class _Applier:
         kinds = {event.file_kind}
         if release is not None:
             kinds |= release.kinds()
-        skip = await self._version_skip(event.package, event.version)
+        skip = self.versions.get((event.package, event.version))
         if skip is None:
-            self._needs_repair(event)
+            # absent or not known: trying to add it is how to find out
             if await self._add_version(event.package, event.version, kinds,
                                        release, event.timestamp):
+                self._needs_repair(event)
                 return
             skip = await self._version_skip(event.package, event.version)
-        if skip not in AUTOMATIC_SKIPS:
+        if skip is None or skip not in AUTOMATIC_SKIPS:
             return
         wanted = skip_for(kinds | _IMPLIED_KINDS[skip],
                           self.skip_pure_wheels)
@@ -349,6 +385,7 @@ class _Applier:
             return
         files = await self.tx.delete_package(package)
         self.packages[package] = False
+        self.outcome.deleted.append(package)
         for key in [k for k in self.versions if k[0] == package]:
             self.versions[key] = None
         for key in [k for k in self.names if k[0] == package]:
@@ -496,9 +533,14 @@ class PyPIFollower(service.Service):
         self.caught_up = False
         self.saved_serial = None
         self.events_applied = 0
+        #: wall time spent in each stage of following (for monitors)
+        self.seconds_spent = Counter()
         self.last_problem = None
-        self._repairs = OrderedDict()  # (kind, package, x) -> attempts
+        # (kind, package, version or name) -> [attempts, serial needed]
+        self._repairs = OrderedDict()
         self._names_seen = OrderedDict()
+        self._descriptions = OrderedDict()  # package -> as recorded
+        self._known_packages = OrderedDict()  # recorded packages
         self._next_poll = None
         self._cycle = None
         self._interruptible_work = set()
@@ -645,8 +687,11 @@ class PyPIFollower(service.Service):
                 # PyPI asked for a pause (RateLimit, Retry-After): not a
                 # problem worth a warning
                 return wait
+            started = self.clock.seconds()
             entries = await self._interruptible(
                 self.xmlrpc.changelog_since_serial(self.sequencer.high_water))
+            self.seconds_spent["reading the journal"] += \
+                self.clock.seconds() - started
             full = len(entries) >= self.batch_limit
             self.caught_up = not full
             self.json.prefer_projects = full
@@ -709,15 +754,34 @@ class PyPIFollower(service.Service):
     async def _apply(self, ordered):
         """Apply *ordered* in chunks, each in one transaction that also
         saves the serial it brings the database up to."""
-        for start in range(0, len(ordered), self.chunk_size):
-            if self._stopping:
-                return
-            chunk = ordered[start:start + self.chunk_size]
-            rest = ordered[start + self.chunk_size:]
-            details = await self._prefetch(chunk)
-            if self._stopping:
-                return
-            await self._commit(chunk, details, rest)
+        starts = range(0, len(ordered), self.chunk_size)
+        chunks = [ordered[start:start + self.chunk_size] for start in starts]
+        # the next chunk's details are asked for while this one is written
+        upcoming = self._prefetch_soon(chunks[0]) if chunks else None
+        try:
+            for index, (start, chunk) in enumerate(zip(starts, chunks)):
+                started = self.clock.seconds()
+                details = await upcoming
+                upcoming = None
+                if self._stopping:
+                    return
+                if index + 1 < len(chunks):
+                    upcoming = self._prefetch_soon(chunks[index + 1])
+                fetched = self.clock.seconds()
+                await self._commit(chunk, details,
+                                   ordered[start + self.chunk_size:])
+                self.seconds_spent["waiting for the JSON API"] += \
+                    fetched - started
+                self.seconds_spent["writing the database"] += \
+                    self.clock.seconds() - fetched
+        finally:
+            if upcoming is not None:
+                upcoming.addErrback(lambda failure: failure.trap(
+                    defer.CancelledError))
+                upcoming.cancel()
+
+    def _prefetch_soon(self, chunk):
+        return defer.Deferred.fromCoroutine(self._prefetch(chunk))
 
     async def _commit(self, chunk, details, rest):
         serial = self.sequencer.safe_serial(rest)
@@ -751,14 +815,21 @@ class PyPIFollower(service.Service):
     async def _transaction(self, events, details, serial):
         async def work(tx):
             outcome = _Outcome()
-            applier = _Applier(tx, details, outcome, self.skip_pure_wheels)
+            applier = _Applier(tx, details, outcome, self.skip_pure_wheels,
+                               self._descriptions, self._known_packages)
             for event in events:
                 await applier.apply(event)
             await applier.finish()
             if serial > self.saved_serial:
                 await tx.set_pypi_serial(serial)
+            outcome.existing = [p for p, exists in applier.packages.items()
+                                if exists]
             return outcome
-        return await in_transaction(self.db, work)
+        try:
+            return await in_transaction(self.db, work)
+        except Exception:
+            self._known_packages.clear()
+            raise
 
     async def _after_commit(self, outcome, serial=None):
         """Tell the build queue, the output tree and the page listeners."""
@@ -767,6 +838,19 @@ class PyPIFollower(service.Service):
         self.events_applied += outcome.applied
         for key, serial in outcome.repairs.items():
             self._want_repair(key, serial)
+        for package, description in outcome.descriptions.items():
+            self._descriptions[package] = description
+            self._descriptions.move_to_end(package)
+            if len(self._descriptions) > 50_000:
+                self._descriptions.popitem(last=False)
+        for package in outcome.existing:
+            self._known_packages[package] = None
+            self._known_packages.move_to_end(package)
+        while len(self._known_packages) > 50_000:
+            self._known_packages.popitem(last=False)
+        for package in outcome.deleted:
+            self._descriptions.pop(package, None)
+            self._known_packages.pop(package, None)
         for package, name in outcome.names:
             if (package, name) in self._names_seen:
                 self._names_seen.move_to_end((package, name))
@@ -929,16 +1013,15 @@ class PyPIFollower(service.Service):
         async def work(tx):
             outcome = _Outcome()
             applier = _Applier(tx, _Details(), outcome,
-                               self.skip_pure_wheels)
+                               self.skip_pure_wheels, self._descriptions)
             if kind == "release":
                 await applier.sync_release(package, extra, found)
             elif await applier._package_exists(package):
                 if kind == "project":
                     await applier.add_project(package, extra, found,
                                               self.clock.seconds())
-                elif found.summary:
-                    await tx.set_package_description(package, found.summary)
-                    outcome.page(package, None, PageChange.DESCRIPTION)
+                else:
+                    await applier._describe(package, found.summary)
             await applier.finish()
             return outcome
         await self._after_commit(await in_transaction(self.db, work))
@@ -1000,7 +1083,7 @@ class PyPIFollower(service.Service):
         async def work(tx):
             outcome = _Outcome()
             applier = _Applier(tx, _Details(), outcome,
-                               self.skip_pure_wheels)
+                               self.skip_pure_wheels, self._descriptions)
             for name in names:
                 package = canonicalize_name(name)
                 project = found[name]

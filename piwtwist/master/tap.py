@@ -215,6 +215,10 @@ class MasterService(service.MultiService):
 
     async def stopService(self):
         notify_stopping()
+        # everything that needs the database stops (and saves what it
+        # must, such as the page writer's queue) before the pool closes
+        if self.dependents.parent is self:
+            await defer.maybeDeferred(self.dependents.disownServiceParent)
         await super().stopService()
         if self.log_observers is not None:
             self.log_observers.remove()

@@ -1,0 +1,133 @@
+"""Where things go in the output tree, and writing them safely.
+
+Everything here is synchronous file-system work, meant to run in a thread
+pool.  Files are written atomically (a temporary file in the same directory,
+then a rename), so a web server or a mirror never sees half a page; modes
+are 0644 for files and 0755 for directories so a web server running as
+another user can read them, whatever the master's umask.
+"""
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+FILE_MODE = 0o644
+DIRECTORY_MODE = 0o755
+
+#: Names the page writer will put in a path: PEP 503 canonical names,
+#: versions, wheel file names, aliases as PyPI spells them.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!-]*$")
+
+
+def is_safe_name(name):
+    """Whether *name* can be one path component of the output tree (no
+    separators, no dot-files, nothing a shell or URL would choke on)."""
+    return bool(name) and len(name) <= 255 and \
+        _SAFE_NAME.match(name) is not None
+
+
+def simple_dir(output, package):
+    return Path(output) / "simple" / package
+
+
+def project_dir(output, package):
+    return Path(output) / "project" / package
+
+
+def log_relative_path(build_id):
+    """``logs/NNNN/NNNN/NNNN.txt.gz``: the build id zero-padded to twelve
+    digits and split in three, so no directory holds more than 10,000
+    entries."""
+    digits = f"{int(build_id):012d}"
+    if len(digits) != 12 or int(build_id) < 0:
+        raise ValueError(f"build id {build_id!r} out of range")
+    return f"logs/{digits[:4]}/{digits[4:8]}/{digits[8:]}.txt.gz"
+
+
+def log_path(output, build_id):
+    return Path(output) / log_relative_path(build_id)
+
+
+def make_directories(path):
+    """Create *path* and its missing parents with mode 0755."""
+    path = Path(path)
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue
+        os.chmod(directory, DIRECTORY_MODE)
+
+
+def write_atomically(path, data):
+    """Replace *path* with *data* (bytes) in one rename."""
+    path = Path(path)
+    make_directories(path.parent)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                     suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), FILE_MODE)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def link_atomically(path, target):
+    """Make *path* a symbolic link to *target* (relative), replacing
+    whatever link was there in one rename."""
+    path = Path(path)
+    if path.is_symlink() and os.readlink(path) == str(target):
+        return
+    if path.exists() and not path.is_symlink():
+        # a real directory of that name (the alias became canonical, say):
+        # leave it alone rather than destroy pages
+        return
+    make_directories(path.parent)
+    temporary = path.with_name(f".{path.name}.link")
+    try:
+        os.unlink(temporary)
+    except FileNotFoundError:
+        pass
+    os.symlink(target, temporary)
+    os.replace(temporary, path)
+
+
+def remove_file(path):
+    """Remove *path* if it is there; True when something was removed."""
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def remove_tree(path):
+    """Remove the directory *path* (or the symbolic link) if it is there.
+
+    The directory is first renamed aside, so it disappears from the tree in
+    one step however many files it holds."""
+    path = Path(path)
+    if path.is_symlink():
+        return remove_file(path)
+    if not path.is_dir():
+        return False
+    doomed = path.with_name(f".{path.name}.deleted.{os.getpid()}")
+    if doomed.exists():
+        shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+    return True

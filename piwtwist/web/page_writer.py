@@ -1,0 +1,721 @@
+"""The page writer: keeps the output tree true to the database.
+
+Other services tell it what changed; it works out which pages that touches,
+renders them and writes them atomically:
+
+``request_rewrite(package, both=True)``
+    rewrite a project's pages (``both``: its simple index too).  Requests
+    are buffered for ``rewrite_delay`` seconds and de-duplicated, so a
+    burst of files for one release writes each page once; they are saved
+    in the database (``save_rewrites_pending``) every ``save_interval``
+    seconds and when the master stops, and loaded again at start.
+``build_finished(build)``
+    a :class:`~piwtwist.db.records.BuildResult` was recorded; subscribe
+    this to ``BuilderHub.build_listeners``.  The project's pages are
+    rewritten and the release's build logs written.
+``delete_package(package)``, ``delete_version(package, version)``
+    after the database forgot them: remove their wheels, metadata, build
+    logs and pages at once (Deferreds that fire when done).
+``rewrite_all()``
+    every project, then the site pages (a Deferred firing with the number
+    of projects).  Runs at start unless ``rewrite_all_at_start`` is false
+    (the master's ``--dev-mode``).
+``rewrite_home()``, ``rewrite_search()``, ``rewrite_index()``
+    the home and statistics pages; the search index (``packages.json``)
+    and sitemap; the root of the simple index.  Each is rate-limited: at
+    most one write per interval, however often it is asked for.
+
+Nothing here blocks the reactor: database reads are asynchronous, file
+work (metadata extraction, gzip, writes) and the CPU-heavy assembly of a
+project's facts and JSON run in a thread pool, and genshi's output is
+serialised through a :class:`~twisted.internet.task.Cooperator` a few
+chunks at a time.  Bad input (an unsafe name, a broken wheel, a vanished
+package) is logged as a warning and skipped.
+"""
+
+import gzip
+import json
+from collections import OrderedDict
+from datetime import datetime, timezone
+
+from packaging.utils import (
+    InvalidWheelFilename, canonicalize_name, canonicalize_version,
+    parse_wheel_filename)
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from ..db.pool import DatabaseUnavailable
+from ..db.records import RewritePending
+from ..resources import templates_dir
+from . import layout, render
+from .metadata import METADATA_SUFFIX, publish_core_metadata
+from .model import project_facts
+
+#: Files copied as they are from templates/ to the top of the output tree.
+STATIC_FILES = ("site.css", "search.js")
+
+
+class RateLimitedJob:
+    """Run an async *job* when asked, at most once per *interval* seconds;
+    requests that arrive meanwhile become one later run."""
+
+    log = Logger()
+
+    def __init__(self, clock, interval, job, name):
+        self.clock = clock
+        self.interval = interval
+        self.job = job
+        self.name = name
+        self._last = None
+        self._call = None
+        self._running = None
+        self._wanted = False
+        self.stopped = False
+
+    def request(self):
+        self._wanted = True
+        if self.stopped or self._running is not None or self._call is not None:
+            return
+        delay = 0.0 if self._last is None else \
+            max(0.0, self._last + self.interval - self.clock.seconds())
+        self._call = self.clock.callLater(delay, self._run)
+
+    def run_now(self):
+        """Run at once; a Deferred of the run.  When a run is under way
+        already, that one is returned and another follows it."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        if self._running is None:
+            self._run()
+        else:
+            self._wanted = True
+        return self._running if self._running is not None else \
+            defer.succeed(None)
+
+    def _run(self):
+        self._call = None
+        self._wanted = False
+        self._last = self.clock.seconds()
+        d = defer.Deferred.fromCoroutine(self.job())
+        d.addErrback(_log_failure, self.log, f"writing {self.name} failed")
+        d.addBoth(self._finished)
+        if not d.called:
+            self._running = d
+
+    def _finished(self, result):
+        self._running = None
+        if self._wanted and not self.stopped:
+            self.request()
+        return result
+
+    def stop(self):
+        self.stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        return self._running or defer.succeed(None)
+
+
+def _log_failure(failure, log, message):
+    if failure.check(DatabaseUnavailable, defer.CancelledError, OSError):
+        log.warn("{message}: {why}", message=message,
+                 why=failure.getErrorMessage())
+    else:
+        log.failure(message, failure)
+
+
+class PackageLocks:
+    """One DeferredLock per package in use, so that two writes of the same
+    package never interleave (the older data could land last)."""
+
+    def __init__(self):
+        self._locks = {}
+
+    async def run(self, package, work):
+        lock = self._locks.setdefault(package, defer.DeferredLock())
+        await lock.acquire()
+        try:
+            return await work()
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(package, None)
+
+
+class PageWriter(service.Service):
+    """Renders and writes the output tree; see the module's docstring."""
+
+    log = Logger()
+    name = "page writer"
+
+    def __init__(self, db, output_path, reactor, *, statistics=None,
+                 cooperator=None, threadpool=None, renderer=None,
+                 site_url="http://localhost/", rewrite_delay=2.0,
+                 home_interval=60.0, search_interval=300.0,
+                 index_interval=10.0, save_interval=60.0, concurrency=4,
+                 rewrite_all_at_start=True, abi_refresh_interval=300.0):
+        self.db = db
+        self.output = output_path
+        self.reactor = reactor
+        self.statistics = statistics
+        self._own_cooperator = cooperator is None
+        self.cooperator = cooperator or self._new_cooperator()
+        self.threadpool = threadpool
+        self.renderer = renderer or render.Renderer(site_url=site_url)
+        self.site_url = self.renderer.site_url
+        self.rewrite_delay = rewrite_delay
+        self.save_interval = save_interval
+        self.concurrency = concurrency
+        self.rewrite_all_at_start = rewrite_all_at_start
+        self.abi_refresh_interval = abi_refresh_interval
+        self._pending = OrderedDict()
+        self._in_progress = {}
+        self._pending_changed = False
+        self._drain_call = None
+        self._draining = None
+        self._full_rewrite = None
+        self._locks = PackageLocks()
+        self._abis = None
+        self._abis_at = None
+        self._preinstalled = {}
+        self._save_loop = None
+        self._save_done = None
+        self._started = None
+        self._jobs = {
+            "home": RateLimitedJob(reactor, home_interval, self._write_home,
+                                   "the home and statistics pages"),
+            "search": RateLimitedJob(reactor, search_interval,
+                                     self._write_search,
+                                     "the search index and sitemap"),
+            "index": RateLimitedJob(reactor, index_interval,
+                                    self._write_index,
+                                    "the root of the simple index"),
+        }
+        #: writes done, for monitors and the benchmark
+        self.pages_written = 0
+
+    # service ----------------------------------------------------------
+
+    def _new_cooperator(self):
+        return task.Cooperator(
+            scheduler=lambda work: self.reactor.callLater(0, work))
+
+    def startService(self):
+        super().startService()
+        if self._own_cooperator and self.cooperator._stopped:
+            self.cooperator = self._new_cooperator()   # started again
+        for job in self._jobs.values():
+            job.stopped = False
+        if self.statistics is not None:
+            self.statistics.listeners.append(self._statistics_changed)
+        self._started = defer.Deferred.fromCoroutine(self._start())
+        self._started.addErrback(_log_failure, self.log,
+                                 "the page writer could not start")
+
+    async def _start(self):
+        await self._in_thread(layout.make_directories, self.output)
+        await self._write_static_pages()
+        try:
+            for saved in await self.db.load_rewrites_pending():
+                self._add(saved.package, saved.command, saved.added_at)
+        except DatabaseUnavailable as e:
+            self.log.warn("could not load the saved page rewrites: {why}",
+                          why=str(e))
+        if not self.running:
+            return   # stopped while starting
+        self._save_loop = task.LoopingCall(self._save_if_changed)
+        self._save_loop.clock = self.reactor
+        self._save_done = self._save_loop.start(self.save_interval,
+                                                now=False)
+        if self.rewrite_all_at_start:
+            self.rewrite_all()
+        else:
+            for job in self._jobs.values():
+                job.request()
+        self._schedule_drain()
+
+    async def stopService(self):
+        super().stopService()
+        if self.statistics is not None and \
+                self._statistics_changed in self.statistics.listeners:
+            self.statistics.listeners.remove(self._statistics_changed)
+        if self._drain_call is not None and self._drain_call.active():
+            self._drain_call.cancel()
+        self._drain_call = None
+        waiting = [job.stop() for job in self._jobs.values()]
+        for work in (self._started, self._draining, self._full_rewrite):
+            if work is not None:
+                waiting.append(work)
+        # every worker finishes the package in hand, then stops
+        await defer.DeferredList(
+            [_quiet(d) for d in waiting], consumeErrors=True)
+        if self._save_loop is not None and self._save_loop.running:
+            self._save_loop.stop()
+        await self._save_pending()
+        if self._own_cooperator:
+            self.cooperator.stop()
+
+    # what other services call ------------------------------------------
+
+    def request_rewrite(self, package, both=True):
+        """Rewrite *package*'s project pages (and its simple index when
+        *both*) soon; repeated requests are merged."""
+        package = self._checked_name(package)
+        if package is None:
+            return
+        self._add(package, "BOTH" if both else "PROJECT")
+        self._schedule_drain()
+
+    def build_finished(self, build):
+        """A listener for ``BuilderHub.build_listeners``."""
+        self.request_rewrite(build.package, both=bool(build.status))
+
+    def rewrite_home(self):
+        self._jobs["home"].request()
+
+    def rewrite_search(self):
+        self._jobs["search"].request()
+
+    def rewrite_index(self):
+        self._jobs["index"].request()
+
+    def rewrite_all(self):
+        """Rewrite every project and site page; a Deferred firing with the
+        number of projects written (the same one while a rewrite runs)."""
+        if self._full_rewrite is None:
+            self._full_rewrite = defer.Deferred.fromCoroutine(
+                self._rewrite_all())
+            self._full_rewrite.addErrback(
+                _log_failure, self.log, "rewriting every page failed")
+            self._full_rewrite.addBoth(self._full_rewrite_done)
+        return _shared(self._full_rewrite)
+
+    def _full_rewrite_done(self, result):
+        self._full_rewrite = None
+        return result
+
+    def delete_package(self, package):
+        """Remove every file and page of *package* (already gone from the
+        database); a Deferred."""
+        package = self._checked_name(package)
+        if package is None:
+            return defer.succeed(None)
+        self._pending.pop(package, None)
+        d = defer.Deferred.fromCoroutine(self._locks.run(
+            package, lambda: self._in_thread(self._remove_package, package)))
+        d.addCallback(lambda _: (self.rewrite_index(), self.rewrite_search()))
+        d.addErrback(_log_failure, self.log, f"deleting {package} failed")
+        return d
+
+    def delete_version(self, package, version, filenames=()):
+        """Remove the wheels, metadata and build logs of one release (gone
+        from the database; *filenames* are the files it had, as
+        ``delete_version`` returned them) and rewrite the project's pages
+        at once; a Deferred."""
+        package = self._checked_name(package)
+        if package is None:
+            return defer.succeed(None)
+
+        async def work():
+            await self._locks.run(package, lambda: self._in_thread(
+                self._remove_version, package, version, tuple(filenames)))
+            await self.write_project(package)
+
+        d = defer.Deferred.fromCoroutine(work())
+        d.addErrback(_log_failure, self.log,
+                     f"deleting {package} {version} failed")
+        return d
+
+    async def wait_until_idle(self, poll=0.01):
+        """Return once nothing is queued, scheduled or being written (for
+        tests and the benchmark)."""
+        while True:
+            jobs = self._jobs.values()
+            busy = [d for d in (self._started, self._draining,
+                                self._full_rewrite)
+                    if d is not None and not d.called]
+            busy += [job._running for job in jobs if job._running is not None]
+            if busy:
+                await defer.DeferredList([_quiet(d) for d in busy])
+            elif self._drain_call is not None or \
+                    (self._pending and self.running) or \
+                    any(job._call is not None for job in jobs):
+                await task.deferLater(self.reactor, poll, lambda: None)
+            else:
+                return
+
+    # the queue ----------------------------------------------------------
+
+    def _checked_name(self, package):
+        canonical = canonicalize_name(package or "")
+        if not layout.is_safe_name(canonical):
+            self.log.warn("ignoring a page rewrite for {package!r}: not a "
+                          "package name", package=package)
+            return None
+        return canonical
+
+    def _add(self, package, command, added_at=None):
+        existing = self._pending.get(package)
+        if existing is not None:
+            if existing.command == "BOTH" or command == existing.command:
+                return
+            command = "BOTH"
+        self._pending[package] = RewritePending(
+            package=package, command=command,
+            added_at=existing.added_at if existing is not None
+            else added_at or datetime.now(timezone.utc))
+        self._pending_changed = True
+
+    def _schedule_drain(self):
+        if not self.running or not self._pending or \
+                self._draining is not None or self._drain_call is not None:
+            return
+        self._drain_call = self.reactor.callLater(self.rewrite_delay,
+                                                  self._start_drain)
+
+    def _start_drain(self):
+        self._drain_call = None
+        workers = [defer.Deferred.fromCoroutine(self._drain_worker())
+                   for _ in range(max(1, min(self.concurrency,
+                                             len(self._pending))))]
+        self._draining = defer.DeferredList(workers, consumeErrors=True)
+        self._draining.addBoth(self._drained)
+
+    def _drained(self, _):
+        self._draining = None
+        self._schedule_drain()
+
+    async def _drain_worker(self):
+        while self._pending and self.running:
+            package, request = self._pending.popitem(last=False)
+            self._in_progress[package] = request
+            try:
+                await self.write_project(package,
+                                         both=request.command == "BOTH")
+            finally:
+                del self._in_progress[package]
+                self._pending_changed = True
+
+    async def _save_pending(self):
+        saved = {**self._pending, **self._in_progress}
+        self._pending_changed = False
+        try:
+            await self.db.save_rewrites_pending(
+                sorted(saved.values(), key=lambda r: r.added_at))
+        except DatabaseUnavailable as e:
+            self._pending_changed = True
+            self.log.warn("could not save the pending page rewrites: {why}",
+                          why=str(e))
+
+    def _save_if_changed(self):
+        if not self._pending_changed:
+            return None
+        d = defer.Deferred.fromCoroutine(self._save_pending())
+        d.addErrback(_log_failure, self.log,
+                     "saving the pending page rewrites failed")
+        return d
+
+    # projects ---------------------------------------------------------
+
+    async def write_project(self, package, both=True):
+        """Rewrite one project's pages now; True when written, False when
+        the package is gone (its pages are removed then)."""
+        try:
+            return await self._locks.run(
+                package, lambda: self._write_project(package, both))
+        except (DatabaseUnavailable, OSError) as e:
+            self.log.warn("could not write the pages of {package}: {why}",
+                          package=package, why=str(e))
+        except Exception:
+            self.log.failure("writing the pages of {package} failed",
+                             package=package)
+        return False
+
+    async def _write_project(self, package, both):
+        await self._refresh_abis()
+        db = self.db
+        (description, skip, versions, files, builds, dependencies,
+         aliases) = await _gather(
+            db.get_package_description(package),
+            db.get_package_skip(package),
+            db.get_project_versions(package),
+            db.get_project_files(package),
+            db.get_project_builds(package),
+            db.get_project_dependencies(package),
+            db.get_package_aliases(package))
+        if description is None:
+            # gone from the database: nothing of it may stay published
+            self.log.info("{package} is no longer known; removing its pages",
+                          package=package)
+            await self._in_thread(self._remove_package, package)
+            self.rewrite_index()
+            return False
+        prepared = await self._in_thread(
+            self._prepare_project, package, both, dict(
+                description=description, skip=skip, versions=versions,
+                files=files, builds=builds, dependencies=dependencies,
+                aliases=aliases, build_abis=self._abis,
+                preinstalled=self._preinstalled))
+        project = prepared["project"]
+        pages = {layout.project_dir(self.output, package) / "index.html":
+                 await render.render_cooperatively(
+                     self.cooperator, self.renderer.project_page(project)),
+                 layout.project_dir(self.output, package) / "json" /
+                 "index.json": prepared["project_json"]}
+        if both:
+            directory = layout.simple_dir(self.output, package)
+            pages[directory / "index.html"] = \
+                await render.render_cooperatively(
+                    self.cooperator, self.renderer.simple_project(project))
+            pages[directory / "index.json"] = prepared["simple_json"]
+        logs = {}
+        for build_id in prepared["missing_logs"]:
+            output = await db.get_build_output(build_id)
+            if output is not None:
+                logs[build_id] = output
+        await self._in_thread(self._write_project_files, package, pages,
+                              logs, project.aliases)
+        self.pages_written += len(pages)
+        for problem in prepared["problems"]:
+            self.log.warn("{package}: {problem}", package=package,
+                          problem=problem)
+        if both and not prepared["indexed"]:
+            self.rewrite_index()
+            self.rewrite_search()
+        return True
+
+    def _prepare_project(self, package, both, facts):
+        """Thread: publish wheels' metadata, then work out the facts and
+        the JSON (CPU work kept off the reactor)."""
+        directory = layout.simple_dir(self.output, package)
+        problems = [f"left out a file with an impossible name: "
+                    f"{f.filename!r}" for f in facts["files"]
+                    if not layout.is_safe_name(f.filename)]
+        facts["files"] = [f for f in facts["files"]
+                          if layout.is_safe_name(f.filename)]
+        hashes, unreadable = publish_core_metadata(
+            directory, [f.filename for f in facts["files"]])
+        problems += unreadable
+        project = project_facts(package, metadata_hashes=hashes, **facts)
+        missing_logs = [b.build_id for b in facts["builds"]
+                        if not layout.log_path(self.output,
+                                               b.build_id).exists()]
+        return {
+            "project": project,
+            "problems": problems,
+            "missing_logs": missing_logs,
+            "indexed": (directory / "index.html").exists(),
+            "project_json": render.project_json(project),
+            "simple_json": render.simple_project_json(project)
+            if both else None,
+        }
+
+    def _write_project_files(self, package, pages, logs, aliases):
+        """Thread: build logs first (the pages link to them), then pages."""
+        for build_id, output in logs.items():
+            layout.write_atomically(
+                layout.log_path(self.output, build_id),
+                gzip.compress(output.encode("utf-8", "replace"),
+                              compresslevel=6, mtime=0))
+        for path, data in pages.items():
+            layout.write_atomically(path, data)
+        for alias in aliases:
+            if alias != package and layout.is_safe_name(alias) and \
+                    canonicalize_name(alias) == package:
+                layout.link_atomically(
+                    layout.project_dir(self.output, alias), package)
+
+    async def _refresh_abis(self):
+        now = self.reactor.seconds()
+        if self._abis is not None and \
+                now - self._abis_at < self.abi_refresh_interval:
+            return
+        abis = await self.db.get_build_abis(include_skipped=True)
+        preinstalled = {}
+        for abi in abis:
+            preinstalled[abi.abi_tag] = frozenset(
+                await self.db.get_preinstalled_apt_packages(abi.abi_tag))
+        self._abis, self._preinstalled, self._abis_at = \
+            tuple(abis), preinstalled, now
+
+    # deletions (threads) ---------------------------------------------------
+
+    def _published_facts(self, package):
+        """What the project's JSON said: the record of what is on disk."""
+        path = layout.project_dir(self.output, package) / "json" / \
+            "index.json"
+        try:
+            return json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+
+    def _remove_logs(self, builds):
+        for cell in builds:
+            build_id = cell.get("build_id")
+            if isinstance(build_id, int):
+                layout.remove_file(layout.log_path(self.output, build_id))
+
+    def _remove_package(self, package):
+        facts = self._published_facts(package)
+        for release in (facts.get("releases") or {}).values():
+            self._remove_logs((release.get("builds") or {}).values())
+            self._remove_logs((release.get("files") or {}).values())
+        for alias in facts.get("aliases") or ():
+            path = layout.project_dir(self.output, alias)
+            if layout.is_safe_name(alias) and path.is_symlink():
+                layout.remove_file(path)
+        layout.remove_tree(layout.simple_dir(self.output, package))
+        layout.remove_tree(layout.project_dir(self.output, package))
+
+    def _remove_version(self, package, version, filenames):
+        facts = self._published_facts(package)
+        release = (facts.get("releases") or {}).get(version) or {}
+        self._remove_logs((release.get("builds") or {}).values())
+        self._remove_logs((release.get("files") or {}).values())
+        directory = layout.simple_dir(self.output, package)
+        doomed = {name for name in filenames if layout.is_safe_name(name)}
+        doomed.update(release.get("files") or {})
+        wanted = canonicalize_version(version)
+        if directory.is_dir():
+            for path in directory.iterdir():
+                try:
+                    _, found, _, _ = parse_wheel_filename(
+                        path.name.removesuffix(METADATA_SUFFIX))
+                except InvalidWheelFilename:
+                    continue
+                if canonicalize_version(found) == wanted:
+                    doomed.add(path.name.removesuffix(METADATA_SUFFIX))
+        for name in doomed:
+            if layout.is_safe_name(name):
+                layout.remove_file(directory / name)
+                layout.remove_file(directory / (name + METADATA_SUFFIX))
+
+    # the site ---------------------------------------------------------
+
+    async def _rewrite_all(self):
+        started = self.reactor.seconds()
+        self._abis = None
+        await self._refresh_abis()
+        await self._write_static_pages()
+        packages = await self.db.get_all_packages()
+        remaining = iter(packages)
+
+        async def worker():
+            for package in remaining:
+                if not self.running:
+                    return
+                await self.write_project(package, both=True)
+
+        await _gather(*[worker() for _ in range(self.concurrency)])
+        if self.running:
+            await _gather(*[job.run_now() for job in self._jobs.values()])
+        self.log.info("wrote the pages of {count} projects in {seconds:.1f}s",
+                      count=len(packages),
+                      seconds=self.reactor.seconds() - started)
+        return len(packages)
+
+    async def _write_static_pages(self):
+        pages = {
+            self.output / "faq.html": await render.render_cooperatively(
+                self.cooperator, self.renderer.faq()),
+            self.output / "404.html": await render.render_cooperatively(
+                self.cooperator, self.renderer.not_found()),
+        }
+        await self._in_thread(self._write_static_files, pages)
+
+    def _write_static_files(self, pages):
+        for path, data in pages.items():
+            layout.write_atomically(path, data)
+        for name in STATIC_FILES:
+            layout.write_atomically(self.output / name,
+                                    (templates_dir() / name).read_bytes())
+
+    def _statistics_changed(self, figures):
+        self.rewrite_home()
+
+    def _figures(self):
+        if self.statistics is not None:
+            return self.statistics.figures, self.statistics.series
+        from .charts import ChartSeries
+        from .statistics import SiteFigures
+        return SiteFigures(), ChartSeries()
+
+    async def _write_home(self):
+        figures, series = self._figures()
+        pages = {
+            self.output / "index.html": await render.render_cooperatively(
+                self.cooperator, self.renderer.home(figures)),
+            self.output / "stats.html": await render.render_cooperatively(
+                self.cooperator, self.renderer.stats_page(figures, series)),
+        }
+        await self._in_thread(self._write_files, pages)
+
+    async def _write_search(self):
+        entries = await self.db.get_search_index()
+        page = await render.render_cooperatively(
+            self.cooperator, self.renderer.packages_page(len(entries)))
+        await self._in_thread(self._write_search_files, entries, page)
+
+    def _write_search_files(self, entries, page):
+        files = {self.output / "packages.json": render.packages_json(entries),
+                 self.output / "packages.html": page}
+        packages = sorted(e.package for e in entries)
+        for name, data in render.sitemaps(self.site_url, packages).items():
+            files[self.output / name] = data
+        self._write_files(files)
+
+    async def _write_index(self):
+        packages = await self.db.get_all_packages()
+        links, root_json = await self._in_thread(
+            lambda: (render.simple_root_links(packages),
+                     render.simple_root_json(packages)))
+        page = await render.render_cooperatively(
+            self.cooperator, self.renderer.simple_root(links))
+        await self._in_thread(self._write_files, {
+            self.output / "simple" / "index.html": page,
+            self.output / "simple" / "index.json": root_json})
+
+    @staticmethod
+    def _write_files(files):
+        for path, data in files.items():
+            layout.write_atomically(path, data)
+
+    # helpers --------------------------------------------------------------
+
+    def _in_thread(self, function, *args):
+        pool = self.threadpool or self.reactor.getThreadPool()
+        return deferToThreadPool(self.reactor, pool, function, *args)
+
+
+def _gather(*awaitables):
+    """Await several coroutines or Deferreds at once; the first failure
+    wins (and the others' failures are not left unhandled)."""
+    deferreds = [defer.ensureDeferred(a) for a in awaitables]
+    d = defer.gatherResults(deferreds, consumeErrors=True)
+    d.addErrback(lambda f: f.value.subFailure
+                 if isinstance(f.value, defer.FirstError) else f)
+    return d
+
+
+def _quiet(d):
+    """A Deferred that follows *d* without taking its result away."""
+    follower = defer.Deferred()
+    d.addBoth(lambda result: (follower.callback(None), result)[1])
+    return follower
+
+
+def _shared(d):
+    """A new Deferred with *d*'s result, leaving *d* for other callers."""
+    follower = defer.Deferred()
+
+    def relay(result):
+        if isinstance(result, Exception) or hasattr(result, "raiseException"):
+            follower.errback(result)
+        else:
+            follower.callback(result)
+        return result
+    d.addBoth(relay)
+    return follower

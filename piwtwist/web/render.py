@@ -1,0 +1,274 @@
+"""Turning facts into the bytes of the output tree.
+
+HTML comes from the genshi templates in ``templates/``; JSON is built as
+plain dictionaries.  Rendering a template is a stream of small chunks, which
+:func:`render_cooperatively` feeds through a
+:class:`~twisted.internet.task.Cooperator` so that even a project with
+thousands of releases never holds the reactor for long.
+
+The four PyPI-sized lists (the root of the simple index, its JSON,
+``packages.json`` and the sitemap) are built by plain string joins in a
+thread instead: a template engine would spend tens of seconds of the
+reactor's time on 700,000 links.  :func:`simple_root_links` makes the links,
+the ``simple_root.html`` template the page around them.
+"""
+
+import html
+import json
+from datetime import datetime, timezone
+
+from genshi.core import Markup
+from genshi.template import TemplateLoader
+
+from ..resources import templates_dir
+from . import charts
+from .model import (
+    FAILURE, PENDING, SKIPPED, SUCCESS, YANKED, apt_install_lines, utc_iso)
+
+#: The PEP 629 / PEP 691 version of the simple API we speak (1.1: PEP 700).
+API_VERSION = "1.1"
+JSON_CONTENT_TYPE = "application/vnd.pypi.simple.v1+json"
+HTML_CONTENT_TYPE = "application/vnd.pypi.simple.v1+html"
+#: Entries a sitemap file may hold (sitemaps.org).
+SITEMAP_LIMIT = 50_000
+#: Chunks of serialised output per step of the cooperator.
+_CHUNKS_PER_STEP = 64
+
+STATUS_SYMBOLS = {SUCCESS: "\N{CHECK MARK}", FAILURE: "\N{BALLOT X}",
+                  PENDING: "\N{WHITE CIRCLE}", SKIPPED: "\N{EM DASH}",
+                  YANKED: "\N{WARNING SIGN}"}
+
+
+def dumps(value):
+    """Compact JSON bytes."""
+    return json.dumps(value, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+def render_cooperatively(cooperator, stream):
+    """A Deferred firing with the UTF-8 bytes of the genshi *stream*,
+    serialised a few chunks per cooperator step."""
+    chunks = []
+
+    def steps():
+        # whitespace stripping would double the cost of a page
+        chunks_out = stream.serialize("html", doctype="html5",
+                                      strip_whitespace=False)
+        for n, chunk in enumerate(chunks_out, 1):
+            chunks.append(chunk)
+            if n % _CHUNKS_PER_STEP == 0:
+                yield None
+
+    d = cooperator.coiterate(steps())
+    d.addCallback(lambda _: "".join(chunks).encode("utf-8"))
+    return d
+
+
+def _size(count):
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if count < 1024 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else \
+                f"{count:.1f} {unit}"
+        count /= 1024
+
+
+def _number(value):
+    return "\N{EM DASH}" if value is None else f"{value:,}"
+
+
+def _date(moment):
+    if moment is None:
+        return ""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d")
+
+
+class Renderer:
+    """The templates, loaded once, and the data each page needs."""
+
+    def __init__(self, site_name="piwtwist", site_url="http://localhost/",
+                 directory=None):
+        self.site_name = site_name
+        self.site_url = site_url.rstrip("/") + "/"
+        self.loader = TemplateLoader(str(directory or templates_dir()),
+                                     auto_reload=False)
+
+    def _stream(self, template, **data):
+        context = dict(site_name=self.site_name, site_url=self.site_url,
+                       size=_size, number=_number, date=_date,
+                       symbols=STATUS_SYMBOLS, Markup=Markup, **data)
+        return self.loader.load(template).generate(**context)
+
+    # the simple index -------------------------------------------------
+
+    def simple_project(self, project):
+        return self._stream("simple_project.html", project=project,
+                            api_version=API_VERSION)
+
+    def simple_root(self, links):
+        """*links* is the Markup of :func:`simple_root_links`."""
+        return self._stream("simple_root.html", links=Markup(links),
+                            api_version=API_VERSION)
+
+    # project pages ----------------------------------------------------
+
+    def project_page(self, project):
+        return self._stream("project.html", project=project,
+                            apt_lines=apt_install_lines(project),
+                            newest_stable=project.install_version)
+
+    # site pages -------------------------------------------------------
+
+    def home(self, figures):
+        return self._stream("index.html", figures=figures)
+
+    def packages_page(self, count):
+        return self._stream("packages.html", count=count)
+
+    def stats_page(self, figures, series):
+        return self._stream("stats.html", figures=figures,
+                            charts=charts.site_charts(series))
+
+    def faq(self):
+        return self._stream("faq.html")
+
+    def not_found(self):
+        return self._stream("404.html")
+
+
+# JSON, and the PyPI-sized lists (run these in a thread) ---------------------
+
+def simple_project_json(project):
+    """PEP 691 with PEP 700: versions, size, upload-time."""
+    files = []
+    for f in project.files:
+        entry = {
+            "filename": f.filename,
+            "url": f.filename,
+            "hashes": {"sha256": f.sha256},
+            "size": f.size,
+            "yanked": (f.yank_reason or True) if f.yanked else False,
+        }
+        if f.requires_python:
+            entry["requires-python"] = f.requires_python
+        if f.upload_time:
+            entry["upload-time"] = f.upload_time
+        metadata = {"sha256": f.metadata_sha256} if f.metadata_sha256 \
+            else False
+        entry["core-metadata"] = metadata
+        entry["dist-info-metadata"] = metadata
+        files.append(entry)
+    return dumps({"meta": {"api-version": API_VERSION},
+                  "name": project.package,
+                  "versions": sorted(set(project.versions), key=_version_key),
+                  "files": files})
+
+
+def _version_key(version):
+    from packaging.version import InvalidVersion, Version
+    try:
+        return (0, Version(version), "")
+    except InvalidVersion:
+        return (1, None, version)
+
+
+def project_json(project):
+    """``project/<package>/json/index.json``: the project page's facts."""
+    releases = {}
+    for release in project.releases:
+        releases[release.version] = {
+            "released": utc_iso(release.released),
+            "prerelease": release.prerelease,
+            "yanked": release.yanked,
+            "yank_reason": release.yank_reason,
+            "skip_reason": release.skip,
+            "requires_python": release.requires_python,
+            "builds": {
+                abi: {"status": cell.status, "build_id": cell.build_id,
+                      "log_url": cell.log_url, "reason": cell.reason}
+                for abi, cell in release.cells.items()
+            },
+            "files": {
+                f.filename: {
+                    "url": f"/simple/{project.package}/{f.filename}",
+                    "filesize": f.size, "filehash": f.sha256,
+                    "builder_abi": f.builder_abi, "file_abi_tag": f.abi_tag,
+                    "platform": f.platform_tag,
+                    "requires_python": f.requires_python,
+                    "build_id": f.build_id, "upload_time": f.upload_time,
+                    "apt_dependencies": list(f.apt_dependencies),
+                    "pip_dependencies": list(f.pip_dependencies),
+                    "unresolved_dependencies":
+                        list(f.unresolved_dependencies),
+                }
+                for f in release.files
+            },
+        }
+    return dumps({
+        "package": project.package,
+        "description": project.description,
+        "skip_reason": project.skip,
+        "aliases": list(project.aliases),
+        "project_url": f"/project/{project.package}/",
+        "simple_url": f"/simple/{project.package}/",
+        "abis": list(project.abis),
+        "install": {
+            "version": project.install_version,
+            "pip": f"pip3 install {project.package}",
+            "apt": {abi: list(names)
+                    for abi, names in project.apt_install.items()},
+            "pip_dependencies": list(project.pip_dependencies),
+            "unresolved_dependencies": list(project.unresolved_dependencies),
+        },
+        "releases": releases,
+    })
+
+
+def simple_root_links(packages):
+    return "\n".join(
+        f'<a href="{html.escape(p)}/">{html.escape(p)}</a><br>'
+        for p in packages)
+
+
+def simple_root_json(packages):
+    return dumps({"meta": {"api-version": API_VERSION},
+                  "projects": [{"name": p} for p in packages]})
+
+
+def packages_json(entries):
+    """The search index: ``[package, description, downloads in the last
+    30 days, downloads all time]``, most downloaded first."""
+    return dumps([[e.package, e.description, e.downloads_recent,
+                   e.downloads_all] for e in entries])
+
+
+SITE_PAGES = ("", "packages.html", "stats.html", "faq.html")
+
+
+def sitemaps(site_url, packages, now=None):
+    """``{file name: bytes}``: ``sitemap.xml``, and when there are more
+    packages than one sitemap may list, ``sitemap.xml`` becomes an index of
+    ``sitemap-N.xml`` files."""
+    now = now or datetime.now(timezone.utc)
+    stamp = now.strftime("%Y-%m-%d")
+    urls = [site_url + page for page in SITE_PAGES] + [
+        f"{site_url}project/{p}/" for p in packages]
+    parts = [urls[i:i + SITEMAP_LIMIT]
+             for i in range(0, len(urls), SITEMAP_LIMIT)] or [[]]
+    header = '<?xml version="1.0" encoding="UTF-8"?>\n'
+    namespace = 'xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"'
+
+    def urlset(part):
+        body = "".join(f"<url><loc>{html.escape(u)}</loc>"
+                       f"<lastmod>{stamp}</lastmod></url>\n" for u in part)
+        return (f"{header}<urlset {namespace}>\n{body}</urlset>\n").encode()
+
+    if len(parts) == 1:
+        return {"sitemap.xml": urlset(parts[0])}
+    files = {f"sitemap-{n}.xml": urlset(part)
+             for n, part in enumerate(parts, 1)}
+    index = "".join(f"<sitemap><loc>{html.escape(site_url + name)}</loc>"
+                    f"<lastmod>{stamp}</lastmod></sitemap>\n"
+                    for name in files)
+    files["sitemap.xml"] = (f"{header}<sitemapindex {namespace}>\n{index}"
+                            f"</sitemapindex>\n").encode()
+    return files
