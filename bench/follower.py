@@ -115,7 +115,7 @@ def classify(frame):
             innermost.co_filename.endswith(
                 ("epollreactor.py", "threading.py", "queue.py",
                  "pollreactor.py", "selectreactor.py")):
-        return "waiting in poll or on a lock"
+        return "poll, or a thread between tasks"
     files = []
     while frame is not None:
         files.append(frame.f_code.co_filename)

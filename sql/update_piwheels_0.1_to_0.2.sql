@@ -164,11 +164,13 @@ WHERE NOT EXISTS (
 );
 
 -- refresh_build_queue: recompute the queue entries of one package's
--- releases (all of them when ver is NULL)
+-- releases (all of them when ver is NULL).  PL/pgSQL, so that its plans are
+-- kept between calls: it runs for every release and build recorded.
 CREATE FUNCTION refresh_build_queue(pkg VARCHAR, ver VARCHAR DEFAULT NULL)
 RETURNS VOID
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
-AS $sql$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+BEGIN
     DELETE FROM build_queue
     WHERE package = pkg AND (ver IS NULL OR version = ver);
 
@@ -181,7 +183,8 @@ AS $sql$
     AND (ver IS NULL OR q.version = ver)
     AND p.skip = ''
     AND v.skip = '';
-$sql$;
+END;
+$plpgsql$;
 
 -- rebuild_build_queue: recompute the whole queue; needed only when the set
 -- of ABIs changes (or to repair hand edits)

@@ -65,10 +65,10 @@ from ..db.client import Database
 from ..db.pool import CONNECTION_ERRORS, DatabaseUnavailable
 from ..pypi.http import (
     BackOff, Malformed, PyPIProblem, in_thread, new_http_client,
-    utc_from_timestamp,
 )
 from ..pypi.journal import (
     Action, FileKind, JournalSequencer, MalformedEntry, parse_entry,
+    utc_from_timestamp,
 )
 from ..pypi.json_api import PyPIJson
 from ..pypi.xmlrpc import PyPIXmlRpc
@@ -295,7 +295,7 @@ class _Applier:
         requires = release.requires_python if release else ""
         added = await self.tx.add_new_package_version(
             package, version, released, skip, requires)
-        if not added:  # someone else was quicker
+        if not added:  # recorded already: its skip is not known here
             self.versions.pop((package, version), None)
             return False
         self.versions[(package, version)] = skip
@@ -437,9 +437,9 @@ class _Applier:
         await self._ensure_package(package, name, timestamp,
                                    project.summary)
         for version, release in project.releases.items():
-            if not release.files:
-                continue
-            if await self._version_skip(package, version) is None:
+            if release.files and \
+                    self.versions.get((package, version)) is None:
+                # (a release recorded already is left as it is)
                 await self._add_version(package, version, release.kinds(),
                                         attrs.evolve(release, summary=""),
                                         timestamp)

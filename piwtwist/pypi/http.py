@@ -11,7 +11,7 @@ back off exponentially on any failure (:class:`BackOff`).
 import email.utils
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import timezone
 
 import attrs
 import treq
@@ -290,7 +290,3 @@ def in_thread(reactor, function, *args):
         return defer.maybeDeferred(function, *args)
     from twisted.internet.threads import deferToThreadPool
     return deferToThreadPool(reactor, get_pool(), function, *args)
-
-
-def utc_from_timestamp(seconds):
-    return datetime.fromtimestamp(seconds, tz=timezone.utc)

@@ -27,6 +27,7 @@ action is idempotent, so reading a stretch twice changes nothing.
 
 import enum
 from collections import OrderedDict
+from datetime import datetime, timezone
 
 import attrs
 from packaging.tags import Tag
@@ -107,6 +108,11 @@ class JournalEvent:
         if self.old_name:
             parts.append(f"(was {self.old_name})")
         return " ".join(parts)
+
+
+def utc_from_timestamp(seconds):
+    """A journal timestamp (seconds since the epoch) as a UTC datetime."""
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
 def classify_file(filename, python_version):
