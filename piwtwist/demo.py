@@ -1,8 +1,9 @@
 """``make demo``: piwtwist on a private PostgreSQL cluster in one command.
 
 So far it prepares the database (a private cluster under the demo folder,
-the master's role and ``piw-initdb``); the master and builders join it as
-they are built.  Run twice, it reuses what is there.
+the master's role and ``piw-initdb``); starting a master and a builder and
+adding packages come with the admin tools.  Run twice, it reuses what is
+there.
 """
 
 import argparse
@@ -40,8 +41,8 @@ def main(argv=None):
     try:
         dsn = prepare_database(cluster)
         print(f"The demo database is ready: {dsn}")
-        print("Not yet: the master and builders that use it are still being "
-              "built, so the demo stops here.")
+        print("Not yet: starting a master and a builder and adding packages "
+              "to build arrives with the admin tools; the demo stops here.")
     except ClusterError as e:
         print(f"make demo: {e}", file=sys.stderr)
         return 1
