@@ -56,6 +56,7 @@ from twisted.protocols import amp, basic  # noqa: E402
 from piwtwist import __version__  # noqa: E402
 from piwtwist.db.records import QueueEntry  # noqa: E402
 from piwtwist.protocol import builder as proto  # noqa: E402
+from proc import process_cpu  # noqa: E402  (bench/ is on sys.path)
 
 ABI = "cp311"
 PACKAGE_FORMAT = "bench-{:07d}"
@@ -359,14 +360,6 @@ async def clients(reactor, options):
 
 # -- the conductor -----------------------------------------------------------
 
-def process_cpu(pid):
-    """CPU seconds (user + system) the process *pid* has used (Linux)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            fields = stream.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_cpu():

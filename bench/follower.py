@@ -49,6 +49,7 @@ from piwtwist.master.pypi_follower import (  # noqa: E402
 )
 from piwtwist.pypi.journal import classify_file  # noqa: E402
 from tests.fake_pypi import FIRST_SERIAL, FakePyPI, generate_journal  # noqa
+from proc import process_cpu  # noqa: E402  (bench/ is on sys.path)
 
 MASTER_ROLE = "piwheels"
 DBNAME = "piwheels_bench"
@@ -61,11 +62,6 @@ def out(line=""):
 
 # -- CPU accounting ---------------------------------------------------------
 
-def process_cpu(pid):
-    """User + system seconds of a process (and its threads)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def cluster_cpu(cluster):

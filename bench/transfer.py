@@ -50,6 +50,7 @@ from piwtwist.transfer.sender import (  # noqa: E402
     FileSender,
     FileSenderResponders,
 )
+from proc import process_cpu  # noqa: E402  (bench/ is on sys.path)
 
 WHEEL_NAME = "benchmark_payload-1.0-py3-none-any.whl"
 TARGET_RATIO = 0.5
@@ -211,25 +212,17 @@ def make_payload(path, size):
     return hasher.hexdigest()
 
 
-def sender_cpu(pid):
-    """CPU seconds the serving process has used (Linux), or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            fields = stream.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(server, method, *args):
     """Wall seconds, receiver CPU seconds and sender CPU seconds of one
     run, which starts without the previous run's writeback."""
     os.sync()
-    cpu, sender = time.process_time(), sender_cpu(server.pid)
+    cpu, sender = time.process_time(), process_cpu(server.pid)
     received, seconds = await method(*args)
     cpu = time.process_time() - cpu
     if sender is not None:
-        sender = sender_cpu(server.pid) - sender
+        sender = process_cpu(server.pid) - sender
     return received, (seconds, cpu, sender)
 
 

@@ -23,8 +23,7 @@ from twisted.internet import threads
 
 from piwtwist.web.layout import log_relative_path
 from tests.e2e import free_port
-from tests.web_support import (
-    T0, add_release, build_file, log_success, make_wheel, page_writer, run)
+from tests.web_support import published_site, run
 
 DOCS = Path(__file__).parent.parent / "docs"
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
@@ -40,21 +39,12 @@ def site_root():
 
 
 async def write_site(db, output, wheels, reactor):
-    await db.set_build_abis(["cp311"])
-    await add_release(db, "foo", "1.0", T0, description="Foo")
-    wheel = build_file(make_wheel(wheels, "foo", "1.0"), output, "foo")
-    build_id, _ = await log_success(db, "foo", "1.0", "cp311", [wheel],
-                                    output="the whole log\n" * 50)
-    await db.add_package_name("foo", "Foo", T0)
-    writer = page_writer(db, output, reactor)
-    writer.startService()
-    await writer.rewrite_all()
-    await writer.wait_until_idle()
-    await writer.stopService()
+    build_id, filename = await published_site(db, output, wheels, reactor,
+                                              log_lines=50)
     (output / ".incoming").mkdir(mode=0o755)
     (output / ".incoming" / "x.whl.part").write_bytes(b"partial")
     os.chmod(output / ".incoming" / "x.whl.part", 0o644)
-    return build_id, wheel.filename
+    return build_id, filename
 
 
 def fetch(url, accept="*/*"):

@@ -14,9 +14,8 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
 from piwtwist.web.layout import log_relative_path
 from piwtwist.web.server import negotiate
-from tests.web_support import (
-    T0, add_release, build_file, log_success, make_wheel, page_writer,
-    serve)
+from tests.web_support import published_site as support_published_site
+from tests.web_support import serve
 
 PIP_AGENT = ('pip/24.0 {"ci":null,"cpu":"armv7l","distro":{"id":"bookworm",'
              '"libc":{"lib":"glibc","version":"2.36"},"name":"Raspbian GNU/'
@@ -40,19 +39,8 @@ def http(reactor):
 
 
 async def published_site(db, output, tmp_path, reactor):
-    await db.set_build_abis(["cp311"])
-    await add_release(db, "foo", "1.0", T0, description="Foo")
-    wheel = build_file(make_wheel(tmp_path / "wheels", "foo", "1.0"),
-                       output, "foo")
-    build_id, _ = await log_success(db, "foo", "1.0", "cp311", [wheel],
-                                    output="the whole log\n" * 100)
-    await db.add_package_name("foo", "Foo", T0)
-    writer = page_writer(db, output, reactor)
-    writer.startService()
-    await writer.rewrite_all()
-    await writer.wait_until_idle()
-    await writer.stopService()
-    return build_id, wheel.filename
+    return await support_published_site(db, output, tmp_path / "wheels",
+                                        reactor)
 
 
 async def get(http, url, **headers):

@@ -230,3 +230,20 @@ class StallMonitor:
     def stop(self):
         if self._loop.running:
             self._loop.stop()
+
+
+async def published_site(db, output, wheels, reactor, log_lines=100):
+    """One release of "foo" with a wheel, an alias and a long log, written
+    out by a page writer; returns (build id, wheel file name)."""
+    await db.set_build_abis(["cp311"])
+    await add_release(db, "foo", "1.0", T0, description="Foo")
+    wheel = build_file(make_wheel(wheels, "foo", "1.0"), output, "foo")
+    build_id, _ = await log_success(db, "foo", "1.0", "cp311", [wheel],
+                                    output="the whole log\n" * log_lines)
+    await db.add_package_name("foo", "Foo", T0)
+    writer = page_writer(db, output, reactor)
+    writer.startService()
+    await writer.rewrite_all()
+    await writer.wait_until_idle()
+    await writer.stopService()
+    return build_id, wheel.filename
