@@ -359,6 +359,19 @@ def _parse_file(path):
     return parser
 
 
+def confirm(question, assume_yes, ask=input, out=None):
+    """Ask a yes/no *question* (no means no: anything but y or yes, and
+    end of input)."""
+    if assume_yes:
+        return True
+    try:
+        answer = ask(f"{question} [y/N] ")
+    except EOFError:
+        (sys.stdout if out is None else out).write("\n")
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
 def run_tool(options_class, argv, main, stderr=None):
     """Parse ``argv`` (``sys.argv`` style) and return ``main(options)``'s exit
     code, so every console script reports usage errors the same way.

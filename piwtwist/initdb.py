@@ -12,7 +12,8 @@ import sys
 import attrs
 import psycopg2
 
-from .config import EXIT_FAILURE, EXIT_SUCCESS, EXIT_USAGE, ToolOptions, run_tool
+from .config import (EXIT_FAILURE, EXIT_SUCCESS, EXIT_USAGE, ToolOptions,
+                     confirm, run_tool)
 from .db import schema
 
 
@@ -98,17 +99,6 @@ def check_roles(cursor, user):
         raise InitError(f"the master's role {user!r} is a superuser; it must be "
                         f"an ordinary role so that it can only use piwtwist's "
                         f"functions")
-
-
-def confirm(question, assume_yes, ask=input, out=sys.stdout):
-    if assume_yes:
-        return True
-    try:
-        answer = ask(f"{question} [y/N] ")
-    except EOFError:
-        out.write("\n")
-        return False
-    return answer.strip().lower() in ("y", "yes")
 
 
 def initialize(options, ask=input, out=sys.stdout):

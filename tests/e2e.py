@@ -170,6 +170,7 @@ class Deployment:
         self.index_url = index_url
         self.abi = abi or local_abi()
         self.port = free_port()
+        self.import_socket = self.root / "master" / "import.sock"
         self.services = []
 
     def start_master(self, *extra):
@@ -183,7 +184,8 @@ class Deployment:
             "--builder-queue", f"tcp:{self.port}:interface=127.0.0.1",
             "--pypi-simple", self.index_url,
             "--secret-file", str(self.secret), "--dev-mode",
-            "--no-pypi-follow", *extra,
+            "--no-pypi-follow",
+            "--import-queue", f"unix:{self.import_socket}", *extra,
         ], directory, self.user)
         self.services.append(master)
         return master

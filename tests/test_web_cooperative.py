@@ -37,6 +37,7 @@ def start_master_in_production_mode(deployment):
         "--builder-queue", f"tcp:{deployment.port}:interface=127.0.0.1",
         "--pypi-simple", deployment.index_url,
         "--no-pypi-follow", "--secret-file", str(deployment.secret),
+        "--import-queue", f"unix:{directory}/import.sock",
     ], directory, deployment.user)
     deployment.services.append(master)
     return master

@@ -93,7 +93,8 @@ async def test_the_master_saves_pending_rewrites_when_it_stops(
         "-c", os.devnull, "-d", test_db.master_dsn, "-o",
         str(tmp_path / "www"), "--build-abi", "cp311", "--secret-file",
         str(secret), "--builder-queue", "tcp:0:interface=127.0.0.1",
-        "--dev-mode", "--no-pypi-follow"])
+        "--dev-mode", "--no-pypi-follow",
+        "--import-queue", f"unix:{tmp_path}/import.sock"])
     master = tap.MasterService(options, reactor)
     master.page_writer.rewrite_delay = 3600
     master.startService()

@@ -4,12 +4,14 @@ import os
 import re
 import socket
 
+from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
 
 from ..config import ToolOptions
 from ..logs import add_log_observers
 from ..shared_secret import SecretError, read_secret
+from ..systemd import WatchdogService
 from .client import BuilderService
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
@@ -115,11 +117,22 @@ class _LoggingBuilder(BuilderService):
 
 
 def makeService(options):
+    """The builder, and beside it the service that tells systemd it is
+    ready and, while the reactor keeps turning, alive."""
     from twisted.internet import reactor
     endpoint = endpoints.clientFromString(reactor, options["endpoint"])
-    return _LoggingBuilder(
+    builder = _LoggingBuilder(
         options, reactor=reactor, endpoint=endpoint,
         secret=options["secret"], build_dir=options["build-dir"],
         label=options["label"], build_timeout=options["timeout"],
         busy_timeout=options["busy-timeout"],
         memory_limit=options["memory-limit"])
+    top = service.MultiService()
+    builder.setServiceParent(top)
+    # started after the builder (its log observers are in place) and, as
+    # MultiService stops children in reverse, told to stop first: systemd
+    # hears STOPPING=1 at once, not after a running build has been killed
+    watchdog = WatchdogService(reactor,
+                               status=f"builder {options['label']} running")
+    watchdog.setServiceParent(top)
+    return top

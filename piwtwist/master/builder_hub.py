@@ -8,7 +8,6 @@ a monitor uses (kill, skip, sleep, wake) live here too.
 """
 
 import hashlib
-import os
 import secrets
 from datetime import timedelta
 from itertools import count
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import attrs
 import psycopg2
-from packaging.utils import canonicalize_name, canonicalize_version
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
@@ -25,13 +23,11 @@ from twisted.protocols import amp
 
 from .. import __version__
 from ..db.pool import DatabaseUnavailable
-from ..db.records import BuildFile, BuildResult, Dependency, QueueEntry
+from ..db.records import BuildResult, QueueEntry
 from ..protocol import builder as proto
 from ..transfer.receiver import TransferFailed, TransferInterrupted
-
-#: One armv7l build serves armv6l too: Raspberry Pi OS runs the same
-#: binaries on both (piwheels does the same).
-DEFAULT_PLATFORM_ALIASES = {"linux_armv7l": ("linux_armv6l",)}
+from .published_wheels import (DEFAULT_PLATFORM_ALIASES, unpublish,
+                               wheel_problem, wheel_records)
 
 #: The largest build log accepted (bigger logs are a runaway build).
 MAX_LOG_BYTES = 256 * 1024 * 1024
@@ -466,7 +462,7 @@ class BuilderHub(service.Service):
             self.log.warn("{package} {version} is gone; discarding its build "
                           "({error})", package=entry.package,
                           version=entry.version, error=str(e).strip())
-            self._unpublish(build)
+            unpublish(self.output_path, build.files)
             build = None
         except Exception:
             self.log.failure("recording {package} {version} failed",
@@ -487,12 +483,6 @@ class BuilderHub(service.Service):
                 self.log.info("builder {id} did not take Done: {error}",
                               id=state.builder_id, error=str(e))
 
-    def _unpublish(self, build):
-        for build_file in build.files:
-            path = self.output_path / build_file.location
-            if build_file.location and path.is_file():
-                path.unlink()
-
     def _announce(self, build, entry, state):
         self.log.info("{outcome} {package} {version} for {abi} "
                       "(builder {id}, {seconds:.1f}s)",
@@ -511,7 +501,7 @@ class BuilderHub(service.Service):
         the build into a failure that says why."""
         facts = []
         for wheel in files:
-            problem = self._check_wheel(entry, wheel)
+            problem = wheel_problem(entry.package, entry.version, wheel)
             if problem:
                 return attrs.evolve(build, status=False, reason=problem)
         for wheel in files:
@@ -527,51 +517,12 @@ class BuilderHub(service.Service):
             facts.append((wheel, path))
         recorded, dependencies = [], {}
         for wheel, path in facts:
-            for build_file, deps in self._with_aliases(wheel, path):
+            for build_file, deps in wheel_records(
+                    wheel, path, self.output_path, self.platform_aliases):
                 recorded.append(build_file)
                 dependencies[build_file.filename] = deps
         return attrs.evolve(build, files=tuple(recorded),
                             dependencies=dependencies)
-
-    def _check_wheel(self, entry, wheel):
-        if canonicalize_name(wheel["package_tag"]) != entry.package:
-            return (f"{wheel['filename']} is not a wheel of "
-                    f"{entry.package}")
-        if canonicalize_version(wheel["package_version_tag"]) != \
-                canonicalize_version(entry.version):
-            return (f"{wheel['filename']} is not a wheel of version "
-                    f"{entry.version}")
-        return None
-
-    def _with_aliases(self, wheel, path):
-        """The wheel's record, plus one per platform alias (a hard link in
-        the same directory)."""
-        deps = []
-        for item in wheel["dependencies"]:
-            tool, _, name = item.partition(":")
-            if tool in ("apt", "pip", "unresolved") and name:
-                deps.append(Dependency(tool, name))
-        base = BuildFile(
-            filename=wheel["filename"], filesize=wheel["filesize"],
-            filehash=wheel["filehash"], package_tag=wheel["package_tag"],
-            package_version_tag=wheel["package_version_tag"],
-            py_version_tag=wheel["py_version_tag"],
-            abi_tag=wheel["abi_tag"], platform_tag=wheel["platform_tag"],
-            requires_python=wheel["requires_python"],
-            location=os.path.relpath(path, self.output_path))
-        yield base, deps
-        for alias in self.platform_aliases.get(wheel["platform_tag"], ()):
-            stem = wheel["filename"][:-len(".whl")]
-            alias_name = stem[:-len(wheel["platform_tag"])] + alias + ".whl"
-            alias_path = path.with_name(alias_name)
-            temporary = path.with_name(f".{alias_name}.link")
-            if temporary.exists():
-                temporary.unlink()
-            os.link(path, temporary)
-            os.replace(temporary, alias_path)
-            yield attrs.evolve(
-                base, filename=alias_name, platform_tag=alias,
-                location=os.path.relpath(alias_path, self.output_path)), deps
 
     # controls -------------------------------------------------------------
 

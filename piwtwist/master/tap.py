@@ -24,6 +24,7 @@ from ..transfer.receiver import FileReceiver
 from ..web.page_writer import PageWriter
 from ..web.server import site as web_site
 from ..web.statistics import SiteStatistics
+from .admin_hub import AdminHub, admin_listen_description
 from .build_queue import BuildQueue
 from .builder_hub import DEFAULT_PLATFORM_ALIASES, BuilderHub
 from .pypi_follower import new_pypi_follower, page_writer_listener
@@ -180,6 +181,15 @@ class MasterService(service.MultiService):
             self.follower.page_listeners.append(
                 page_writer_listener(self.page_writer))
             self.follower.setServiceParent(self.dependents)
+        self.admin = AdminHub(
+            self.db, self.queue, self.receiver, self.page_writer, reactor,
+            output, json_url=options["pypi-json"],
+            platform_aliases=options["platform-aliases"],
+            build_listeners=self.hub.build_listeners)
+        self.admin.setServiceParent(self.dependents)
+        strports.service(admin_listen_description(options["import-queue"]),
+                         self.admin.factory()).setServiceParent(
+                             self.dependents)
         if options["http-endpoint"]:
             strports.service(
                 options["http-endpoint"],

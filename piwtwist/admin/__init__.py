@@ -1,0 +1,2 @@
+"""The admin tools: ``piw-import``, ``piw-add``, ``piw-remove`` and
+``piw-rebuild``, each one request over the master's ``--import-queue``."""
