@@ -60,7 +60,8 @@ def own(path, user):
     for root, dirs, files in os.walk(path):
         os.chown(root, entry.pw_uid, entry.pw_gid)
         for name in files:
-            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid,
+                     follow_symlinks=False)
 
 
 def free_port():

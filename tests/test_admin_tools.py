@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet import threads
+from twisted.internet.task import deferLater
 
 from tests.e2e import Deployment, as_user, sha256_of, wait_for
 from tests.fake_pypi import FakePyPI
@@ -464,3 +465,46 @@ async def test_rebuild_pages(reactor, master, deployment, tmp_path):
                        (("project", "unknown"), 1)]:
         result = await tool(deployment, "piw-rebuild", "-y", *args)
         assert result.returncode == code, (args, result.stderr)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_left_by_a_killed_master_is_replaced(
+        reactor, master, deployment, fake_pypi):
+    master.kill()
+    assert deployment.import_socket.exists()
+    again = deployment.start_master(
+        "--build-abi", "cp312", "--pypi-json", f"{fake_pypi.url}/pypi")
+    fake_pypi.release("after", "1.0")
+
+    async def added():
+        result = await tool(deployment, "piw-add", "-y", "after")
+        return result.returncode == 0
+
+    deadline = reactor.seconds() + 60
+    while not await added():
+        assert again.process.poll() is None, deployment.logs()
+        assert reactor.seconds() < deadline, deployment.logs()
+        await deferLater(reactor, 0.5, lambda: None)
+    assert versions(deployment, "after")
+
+
+def test_options_may_follow_the_arguments():
+    from piwtwist.admin import add, remove
+    options = add.Options()
+    options.parseOptions(["-c", os.devnull, "bar", "1.0", "--skip",
+                          "no GPU", "-y", "-d", "words"])
+    assert (options["package"], options["version"], options["skip"],
+            options["yes"], options["description"]) == (
+        "bar", "1.0", "no GPU", 1, "words")
+    options = remove.Options()
+    options.parseOptions(["-c", os.devnull, "--", "-odd", "-b"])
+    assert options["package"] == "-odd" and options["version"] == "-b"
+
+
+def test_the_admin_socket_defaults():
+    from piwtwist.master.admin_hub import admin_listen_description as d
+    assert d("unix:/tmp/piw-import") == \
+        "unix:/tmp/piw-import:mode=660:lockfile=1"
+    assert d("unix:/run/p.sock:mode=600") == \
+        "unix:/run/p.sock:mode=600:lockfile=1"
+    assert d("tcp:7000:interface=127.0.0.1") == "tcp:7000:interface=127.0.0.1"

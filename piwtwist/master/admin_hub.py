@@ -133,6 +133,8 @@ class AdminHub(service.Service):
 
         def unexpected(failure):
             if failure.check(proto.AdminError):
+                self.log.info("refused an admin request: {why}",
+                              why=failure.getErrorMessage())
                 return failure
             if failure.check(DatabaseUnavailable):
                 raise proto.AdminError(
