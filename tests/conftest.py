@@ -3,6 +3,7 @@ database with the current schema for every test that asks, and a check that
 nothing logged a failure behind a test's back."""
 
 import itertools
+import os
 import tempfile
 
 import psycopg2
@@ -126,3 +127,18 @@ def observe_errors():
         from twisted.logger import formatEventAsClassicLogText
         raise AssertionError("errors were logged:\n" + "".join(
             formatEventAsClassicLogText(e) for e in errors))
+
+
+@pytest.fixture
+def not_root(monkeypatch):
+    """The services refuse root; option tests pretend not to be."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+
+
+@pytest.fixture
+def secret_file(tmp_path):
+    """A shared secret file the services accept."""
+    path = tmp_path / "secret"
+    path.write_text("x" * 40 + "\n")
+    os.chmod(path, 0o640)
+    return path

@@ -857,11 +857,6 @@ def master_options(tmp_path, *args):
                  "--builder-queue", "tcp:0:interface=127.0.0.1", *args)
 
 
-@pytest.fixture
-def not_root(monkeypatch):
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
-
-
 def test_master_options_for_the_follower(not_root, tmp_path):
     options = master_options(tmp_path)
     assert options["pypi-xmlrpc"] == options["pypi-json"] == \

@@ -206,19 +206,6 @@ def test_pings_survive_a_vanished_socket(notify_socket, tmp_path):
     assert not clock.getDelayedCalls()
 
 
-@pytest.fixture
-def secret_file(tmp_path):
-    path = tmp_path / "secret"
-    path.write_text("x" * 40 + "\n")
-    os.chmod(path, 0o640)
-    return path
-
-
-@pytest.fixture
-def not_root(monkeypatch):
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
-
-
 def test_builder_tree_tells_systemd(not_root, secret_file):
     options = builder_tap.Options()
     options.parseOptions(["-c", os.devnull, "--secret-file", str(secret_file),

@@ -11,19 +11,6 @@ from piwtwist.master import systemd
 from piwtwist.master import tap as master_tap
 
 
-@pytest.fixture
-def secret_file(tmp_path):
-    path = tmp_path / "secret"
-    path.write_text("x" * 40 + "\n")
-    os.chmod(path, 0o640)
-    return path
-
-
-@pytest.fixture
-def not_root(monkeypatch):
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
-
-
 def parse(options_class, *args):
     options = options_class()
     options.parseOptions(["-c", os.devnull, *args])

@@ -16,7 +16,7 @@ from twisted.python import usage
 from ..builder.tap import parse_duration
 from ..builder.wheel_info import WheelError, inspect_wheel
 from ..protocol import admin as proto
-from ..protocol.builder import LOG_CHUNK
+from ..protocol.builder import LOG_CHUNK, wheel_facts
 from .client import AdminOptions, ToolFailure, connect, run_admin_tool
 
 MAX_LOG_BYTES = 64 * 1024 * 1024
@@ -97,7 +97,7 @@ def _read_log(path):
     return log
 
 
-def wheel_facts(path, extra_dependencies=()):
+def read_wheel(path, extra_dependencies=()):
     """The facts the master needs of the wheel at *path*."""
     if not path.is_file():
         raise ToolFailure(f"{path}: no such file")
@@ -105,20 +105,10 @@ def wheel_facts(path, extra_dependencies=()):
         build_file, dependencies = inspect_wheel(path)
     except WheelError as e:
         raise ToolFailure(f"not a valid wheel: {e}")
-    return {
-        "filename": build_file.filename,
-        "filesize": build_file.filesize,
-        "filehash": build_file.filehash,
-        "package_tag": build_file.package_tag,
-        "package_version_tag": build_file.package_version_tag,
-        "py_version_tag": build_file.py_version_tag,
-        "abi_tag": build_file.abi_tag,
-        "platform_tag": build_file.platform_tag,
-        "requires_python": build_file.requires_python,
-        "dependencies": sorted({f"{d.tool}:{d.dependency}"
-                                for d in dependencies}
-                               | set(extra_dependencies)),
-    }
+    facts = wheel_facts(build_file, dependencies)
+    facts["dependencies"] = sorted(set(facts["dependencies"])
+                                   | set(extra_dependencies))
+    return facts
 
 
 def prepare(options, say):
@@ -126,7 +116,7 @@ def prepare(options, say):
              if options["dependencies"] else [])
     log = _read_log(options["output"]) if options["output"] else b""
     paths = options["files"]
-    files = [wheel_facts(path, extra) for path in paths]
+    files = [read_wheel(path, extra) for path in paths]
     package = options["package"] or canonicalize_name(
         files[0]["package_tag"])
     version = options["package-version"] or files[0]["package_version_tag"]

@@ -313,21 +313,8 @@ class BuilderService(service.MultiService):
             await connection.callRemote(
                 proto.BuildLog, offset=offset,
                 data=log[offset:offset + proto.LOG_CHUNK])
-        files = []
-        for build_file, dependencies in job.wheels:
-            files.append({
-                "filename": build_file.filename,
-                "filesize": build_file.filesize,
-                "filehash": build_file.filehash,
-                "package_tag": build_file.package_tag,
-                "package_version_tag": build_file.package_version_tag,
-                "py_version_tag": build_file.py_version_tag,
-                "abi_tag": build_file.abi_tag,
-                "platform_tag": build_file.platform_tag,
-                "requires_python": build_file.requires_python,
-                "dependencies": [f"{d.tool}:{d.dependency}"
-                                 for d in dependencies],
-            })
+        files = [proto.wheel_facts(build_file, dependencies)
+                 for build_file, dependencies in job.wheels]
         self._done = defer.Deferred()
         for path, (build_file, _) in zip(outcome.wheels, job.wheels):
             self.file_sender.offer(build_file.filename, path)

@@ -163,6 +163,23 @@ WHEEL_FACTS = [
 ]
 
 
+def wheel_facts(build_file, dependencies):
+    """The :data:`WHEEL_FACTS` of a wheel, from its
+    :class:`~piwtwist.db.records.BuildFile` and dependencies."""
+    return {
+        "filename": build_file.filename,
+        "filesize": build_file.filesize,
+        "filehash": build_file.filehash,
+        "package_tag": build_file.package_tag,
+        "package_version_tag": build_file.package_version_tag,
+        "py_version_tag": build_file.py_version_tag,
+        "abi_tag": build_file.abi_tag,
+        "platform_tag": build_file.platform_tag,
+        "requires_python": build_file.requires_python,
+        "dependencies": [f"{d.tool}:{d.dependency}" for d in dependencies],
+    }
+
+
 class Built(amp.Command):
     commandName = b"built"
     arguments = [
