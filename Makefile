@@ -25,16 +25,20 @@ help:
 # What the tests need from Debian: required (PostgreSQL's server, Python's
 # venv) and wanted (bubblewrap for the build sandbox, Chromium for the
 # browser test, nginx and Apache for the example configurations; their
-# tests skip without them).  As root everything missing is installed at
+# tests skip without them; gcc and Python's headers, so builders can
+# compile C extensions).  As root everything missing is installed at
 # once; otherwise only the required ones stop us.
 WANTED_TOOLS = bwrap:bubblewrap chromium:chromium nginx:nginx-light \
-	apache2:apache2
+	apache2:apache2 gcc:gcc
 install-system:
 	@required=""; wanted=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	    command -v initdb >/dev/null 2>&1 || required="postgresql"; \
 	$(PYTHON) -c "import venv, ensurepip" >/dev/null 2>&1 || \
 	    required="$$required python3-venv"; \
+	$(PYTHON) -c "import os, sys, sysconfig; sys.exit(not os.path.exists(\
+	    os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+	    >/dev/null 2>&1 || wanted="$$wanted python3-dev"; \
 	for pair in $(WANTED_TOOLS); do \
 	    command -v $${pair%%:*} >/dev/null 2>&1 || \
 	    [ -x /usr/sbin/$${pair%%:*} ] || wanted="$$wanted $${pair#*:}"; \
@@ -73,8 +77,10 @@ venv: install-system $(VENV)/.installed
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# More options of the demo (--http-port, --packages, ...):
+# make demo DEMO_ARGS='--http-port 8081'
 demo: venv
-	$(PY) -m piwtwist.demo --dir $(DEMO_DIR)
+	@$(PY) -m piwtwist.demo --dir $(DEMO_DIR) $(DEMO_ARGS)
 
 bench: venv
 	$(PY) bench/build_queue.py --scale 0.05

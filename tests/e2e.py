@@ -18,6 +18,8 @@ from packaging import tags
 from twisted.internet import task
 from twisted.web import server, static
 
+from piwtwist.service_user import as_user, own
+
 SERVICE_USER = "piwheels"
 TWISTD = Path(sys.executable).with_name("twistd")
 
@@ -41,27 +43,6 @@ def service_user():
             f"the {SERVICE_USER} user cannot run {TWISTD} (is the checkout "
             f"readable by other users?): {probe.stdout}")
     return SERVICE_USER
-
-
-def as_user(user):
-    """Popen arguments that run a child as *user* (no wrapper process, so
-    signals reach the service itself)."""
-    if user is None:
-        return {}
-    entry = pwd.getpwnam(user)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-
-
-def own(path, user):
-    """Hand *path* (recursively) to *user* so the services can write it."""
-    if user is None:
-        return
-    entry = pwd.getpwnam(user)
-    for root, dirs, files in os.walk(path):
-        os.chown(root, entry.pw_uid, entry.pw_gid)
-        for name in files:
-            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid,
-                     follow_symlinks=False)
 
 
 def free_port():

@@ -121,7 +121,7 @@ async def test_a_pure_wheel(reactor, tmp_path, build_dir, index, bwrap):
     assert ("sandbox bubblewrap" if bwrap else "sandbox none") in first
     assert command.startswith("$ ")
     assert "-m pip wheel pure-package==1.2 --no-deps --no-cache-dir " \
-           f"--index-url {url}" in command
+           f"--no-binary pure-package --index-url {url}" in command
     assert "Successfully built pure-package" in outcome.output
     assert outcome.output.endswith(
         "; built pure_package-1.2-py3-none-any.whl\n")

@@ -136,8 +136,12 @@ def pip_wheel_arguments(python, package, version, index_url, wheel_dir,
         raise ValueError(f"not a package name: {package!r}")
     if not _VERSION.fullmatch(version):
         raise ValueError(f"not a version: {version!r}")
+    # --no-binary for the package itself: the point is to build it, not
+    # to fetch a wheel its index may already have (build requirements
+    # such as setuptools still come as wheels)
     arguments = [python, "-m", "pip", "wheel", f"{package}=={version}",
-                 "--no-deps", "--no-cache-dir", "--index-url", index_url]
+                 "--no-deps", "--no-cache-dir", "--no-binary", package,
+                 "--index-url", index_url]
     for url in extra_index_urls:
         arguments += ["--extra-index-url", url]
     arguments += ["--wheel-dir", str(wheel_dir),
