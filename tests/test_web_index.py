@@ -16,6 +16,8 @@ from tests.web_support import (
     page_writer, run, serve, sha256_of)
 
 UV = Path(sys.executable).with_name("uv")
+# the interpreter the virtual environment was made from (Debian's, in CI)
+SYSTEM_PYTHON = Path(sys._base_executable)
 
 
 @pytest.fixture
@@ -229,6 +231,31 @@ async def test_pip_and_uv_install_and_skip_the_yanked_release(
         assert result.stdout.strip() == "2.0"
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_pip_of_a_fresh_venv_installs_too(
+        db, output, tmp_path, reactor):
+    """The pip ``python3 -m venv`` bundles (23.0.1 on Debian 12) asks for
+    the JSON index and died on PEP 658's old JSON key (PEP 714)."""
+    await example_index(db, output, tmp_path)
+    writer = page_writer(db, output, reactor)
+    await write_everything(writer, ["foo", "bar"])
+    index = json.loads((output / "simple" / "foo" / "index.json").read_text())
+    assert all("dist-info-metadata" not in f for f in index["files"])
+    venv = tmp_path / "venv"
+    result = await run([SYSTEM_PYTHON, "-m", "venv", venv])
+    assert result.returncode == 0, result.stdout
+    url, port = serve(reactor, output)
+    try:
+        result = await run([venv / "bin" / "pip", "--isolated", "install",
+                            "--disable-pip-version-check",
+                            "--index-url", f"{url}/simple/", "foo"])
+    finally:
+        await port.stopListening()
+    assert result.returncode == 0, result.stdout
+    assert "Traceback" not in result.stdout
+    assert list((venv / "lib").glob("python*/site-packages/foo-1.0.dist-info"))
 
 
 @pytest_twisted.ensureDeferred

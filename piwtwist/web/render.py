@@ -154,8 +154,9 @@ def simple_project_json(project):
             entry["upload-time"] = f.upload_time
         metadata = {"sha256": f.metadata_sha256} if f.metadata_sha256 \
             else False
+        # PEP 714's name only: pip 22.3 to 23.1 (Debian 12's among them)
+        # fail outright on the old "dist-info-metadata" key in JSON
         entry["core-metadata"] = metadata
-        entry["dist-info-metadata"] = metadata
         files.append(entry)
     return dumps({"meta": {"api-version": API_VERSION},
                   "name": project.package,
