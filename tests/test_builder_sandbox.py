@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 import uuid
+import zipfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -504,3 +505,24 @@ def test_a_missing_bwrap_is_said_once(monkeypatch):
 ])
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
+
+
+@pytest.mark.pypi
+@pytest_twisted.ensureDeferred
+async def test_a_wheel_on_the_index_is_not_taken_for_a_build(
+        reactor, tmp_path, build_dir, index, bwrap):
+    from tests.test_wheel_info import make_wheel
+    prebuilt = tmp_path / "prebuilt"
+    prebuilt.mkdir()
+    wheel = make_wheel(
+        prebuilt, "both_ways-1.0-py3-none-any.whl",
+        {"both_ways/__init__.py": b"PREBUILT = True\n"},
+        "Metadata-Version: 2.1\nName: both-ways\nVersion: 1.0\n")
+    url = index(sdists.make_pure_sdist(tmp_path / "src", "both-ways", "1.0"),
+                wheel)
+    outcome = await run_build(reactor, "both-ways", "1.0", url, build_dir,
+                              timeout=120, bwrap=bwrap)
+    assert outcome.status, outcome.output
+    assert "Successfully built both-ways" in outcome.output
+    with zipfile.ZipFile(outcome.wheels[0]) as built:
+        assert b"PREBUILT" not in built.read("both_ways/__init__.py")
