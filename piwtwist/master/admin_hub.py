@@ -57,6 +57,23 @@ def _refuse(message):
     raise proto.AdminError(message)
 
 
+def _checked_name(name):
+    """The canonical form of a valid project *name*; refused otherwise."""
+    if not _PROJECT_NAME.fullmatch(name or ""):
+        _refuse(f"{name!r} is not a valid project name")
+    return canonicalize_name(name)
+
+
+def same_version(version, candidates):
+    """The one of *candidates* spelt as *version*, else one equal to it
+    once normalised (1.0 and 1.0.0), else None."""
+    if version in candidates:
+        return version
+    wanted = canonicalize_version(version)
+    return next((known for known in candidates
+                 if canonicalize_version(known) == wanted), None)
+
+
 class AdminConnection(amp.AMP):
     """One admin tool's connection.  An importing tool offers its wheels;
     the master fetches them through this connection's ``callRemote``."""
@@ -149,25 +166,22 @@ class AdminHub(service.Service):
     # lookups ---------------------------------------------------------------
 
     async def _known_package(self, name):
-        if not _PROJECT_NAME.fullmatch(name or ""):
-            _refuse(f"{name!r} is not a valid project name")
-        package = canonicalize_name(name)
+        package = _checked_name(name)
         if not await self.db.test_package(package):
             _refuse(f"{package} is not in the database")
         return package
 
+    async def _database_version(self, package, version):
+        """The release of *package* equal to *version*, as the database
+        spells it, or None."""
+        return same_version(version, [
+            v.version for v in await self.db.get_project_versions(package)])
+
     async def _known_version(self, package, version):
-        """The release of *package* whose version equals *version* (as
-        spelt, or normalised), as the database spells it."""
-        versions = [v.version
-                    for v in await self.db.get_project_versions(package)]
-        if version in versions:
-            return version
-        wanted = canonicalize_version(version)
-        for known in versions:
-            if canonicalize_version(known) == wanted:
-                return known
-        _refuse(f"{package} has no version {version} in the database")
+        found = await self._database_version(package, version)
+        if found is None:
+            _refuse(f"{package} has no version {version} in the database")
+        return found
 
     # piw-import --------------------------------------------------------------
 
@@ -269,21 +283,16 @@ class AdminHub(service.Service):
 
     @staticmethod
     def _pypi_release(project, version):
-        if version in project.releases:
-            return version, project.releases[version]
-        wanted = canonicalize_version(version)
-        for known, release in project.releases.items():
-            if canonicalize_version(known) == wanted:
-                return known, release
-        _refuse(f"PyPI has no release {version} of {project.name}")
+        found = same_version(version, project.releases)
+        if found is None:
+            _refuse(f"PyPI has no release {version} of {project.name}")
+        return found, project.releases[found]
 
     async def add_package(self, package, version, unskip, yank, unyank,
                           skip=None, description=None, alias=None,
                           released=None):
         name = package.strip()
-        if not _PROJECT_NAME.fullmatch(name):
-            _refuse(f"{name!r} is not a valid project name")
-        package = canonicalize_name(name)
+        package = _checked_name(name)
         released_at = None
         if released:
             try:
@@ -297,10 +306,7 @@ class AdminHub(service.Service):
         known_package = await self.db.test_package(package)
         known_version = None
         if known_package and version:
-            known_version = next(
-                (v.version for v in await self.db.get_project_versions(package)
-                 if canonicalize_version(v.version) ==
-                 canonicalize_version(version)), None)
+            known_version = await self._database_version(package, version)
         project = None
         if not known_package or not version or known_version is None:
             project = await self._ask_pypi(name)
@@ -331,8 +337,7 @@ class AdminHub(service.Service):
         if name != package:
             await self.db.add_package_name(package, name, now)
         if alias:
-            if not _PROJECT_NAME.fullmatch(alias):
-                _refuse(f"{alias!r} is not a valid project name")
+            _checked_name(alias)
             await self.db.add_package_name(package, alias, now)
         if not version and known_package:
             if skip is not None:
@@ -414,7 +419,9 @@ class AdminHub(service.Service):
                 filenames = await self.db.delete_build(package, found)
                 count += len(filenames)
                 await self.page_writer.delete_version(package, found,
-                                                      filenames)
+                                                      filenames,
+                                                      rewrite=False)
+            await self.page_writer.write_project(package)
             self.queue.request_refresh()
             target = f"{package} {version}" if version else package
             what = f"removed the builds of {target} ({count} file(s))"

@@ -310,11 +310,12 @@ class PageWriter(service.Service):
         d.addErrback(_log_failure, self.log, f"deleting {package} failed")
         return d
 
-    def delete_version(self, package, version, filenames=()):
+    def delete_version(self, package, version, filenames=(), rewrite=True):
         """Remove the wheels, metadata and build logs of one release (gone
         from the database; *filenames* are the files it had, as
         ``delete_version`` returned them) and rewrite the project's pages
-        at once; a Deferred."""
+        at once (unless the caller, removing several, does it last); a
+        Deferred."""
         package = self._checked_name(package)
         if package is None:
             return defer.succeed(None)
@@ -322,7 +323,8 @@ class PageWriter(service.Service):
         async def work():
             await self._locks.run(package, lambda: self._in_thread(
                 self._remove_version, package, version, tuple(filenames)))
-            await self.write_project(package)
+            if rewrite:
+                await self.write_project(package)
 
         d = defer.Deferred.fromCoroutine(work())
         d.addErrback(_log_failure, self.log,
