@@ -7,17 +7,16 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from packaging import tags
 from twisted.internet import task
 from twisted.web import server, static
 
+from piwtwist.demo import free_port, local_abi
 from piwtwist.service_user import as_user, own
 
 SERVICE_USER = "piwheels"
@@ -43,17 +42,6 @@ def service_user():
             f"the {SERVICE_USER} user cannot run {TWISTD} (is the checkout "
             f"readable by other users?): {probe.stdout}")
     return SERVICE_USER
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def local_abi():
-    """The ABI tag a builder on this machine reports (e.g. cp311)."""
-    return next(tags.sys_tags()).abi
 
 
 def sha256_of(path):
@@ -155,7 +143,9 @@ class Deployment:
         self.import_socket = self.root / "master" / "import.sock"
         self.services = []
 
-    def start_master(self, *extra):
+    def start_master(self, *extra, dev_mode=True):
+        """The master; without *dev_mode* it rewrites every page at
+        start, as in production."""
         directory = self.root / "master"
         directory.mkdir(exist_ok=True)
         own(directory, self.user)
@@ -165,9 +155,9 @@ class Deployment:
             "--build-abi", self.abi,
             "--builder-queue", f"tcp:{self.port}:interface=127.0.0.1",
             "--pypi-simple", self.index_url,
-            "--secret-file", str(self.secret), "--dev-mode",
-            "--no-pypi-follow",
-            "--import-queue", f"unix:{self.import_socket}", *extra,
+            "--secret-file", str(self.secret), "--no-pypi-follow",
+            "--import-queue", f"unix:{self.import_socket}",
+            *(["--dev-mode"] if dev_mode else []), *extra,
         ], directory, self.user)
         self.services.append(master)
         return master

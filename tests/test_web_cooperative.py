@@ -12,7 +12,7 @@ from twisted.protocols import amp
 from piwtwist import __version__
 from piwtwist.protocol import builder as proto
 from piwtwist.shared_secret import read_secret
-from tests.e2e import Deployment, Service, own, wait_for
+from tests.e2e import Deployment, wait_for
 from tests.web_support import generate_site
 
 PROJECTS = 5000
@@ -22,25 +22,6 @@ PROJECTS = 5000
 #: own slices are ~10 ms; alone on the machine the longest ping is 30-60 ms
 #: (bench/pages.py measures the stalls themselves).
 LONGEST_PING = 0.15
-
-
-def start_master_in_production_mode(deployment):
-    """The master as the e2e deployment starts it, minus --dev-mode, so
-    that it rewrites every page at start."""
-    directory = deployment.root / "master"
-    directory.mkdir(exist_ok=True)
-    own(directory, deployment.user)
-    master = Service("master", [
-        "piwheels-master", "-c", os.devnull,
-        "-d", deployment.database.master_dsn, "-o", str(deployment.output),
-        "--build-abi", "cp311",
-        "--builder-queue", f"tcp:{deployment.port}:interface=127.0.0.1",
-        "--pypi-simple", deployment.index_url,
-        "--no-pypi-follow", "--secret-file", str(deployment.secret),
-        "--import-queue", f"unix:{directory}/import.sock",
-    ], directory, deployment.user)
-    deployment.services.append(master)
-    return master
 
 
 async def connect_as_builder(reactor, port, secret):
@@ -67,7 +48,7 @@ async def test_rewriting_every_page_keeps_the_master_responsive(
     deployment = Deployment(test_db, "http://127.0.0.1:9/simple/",
                             abi="cp311")
     try:
-        master = start_master_in_production_mode(deployment)
+        master = deployment.start_master(dev_mode=False)
         await wait_for(reactor, lambda: "piwtwist master ready" in
                        master.log(), 60, "the master to start")
         secret = read_secret(deployment.secret)
