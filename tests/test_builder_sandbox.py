@@ -123,6 +123,7 @@ async def test_a_pure_wheel(reactor, tmp_path, build_dir, index, bwrap):
     assert command.startswith("$ ")
     assert "-m pip wheel pure-package==1.2 --no-deps --no-cache-dir " \
            f"--no-binary pure-package --index-url {url}" in command
+    assert "--use-pep517" in command.split()
     assert "Successfully built pure-package" in outcome.output
     assert outcome.output.endswith(
         "; built pure_package-1.2-py3-none-any.whl\n")

@@ -141,7 +141,11 @@ def pip_wheel_arguments(python, package, version, index_url, wheel_dir,
     # such as setuptools still come as wheels)
     arguments = [python, "-m", "pip", "wheel", f"{package}=={version}",
                  "--no-deps", "--no-cache-dir", "--no-binary", package,
-                 "--index-url", index_url]
+                 "--index-url", index_url,
+                 # always PEP 517 in an isolated build environment, never
+                 # a legacy setup.py run with whatever the builder's own
+                 # venv holds (Debian's has setuptools but no wheel)
+                 "--use-pep517"]
     for url in extra_index_urls:
         arguments += ["--extra-index-url", url]
     arguments += ["--wheel-dir", str(wheel_dir),
