@@ -6,6 +6,7 @@ import socket
 
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.logger import Logger
 from twisted.python import usage
 
 from ..config import ToolOptions
@@ -13,9 +14,11 @@ from ..logs import add_log_observers
 from ..shared_secret import SecretError, read_secret
 from ..systemd import WatchdogService
 from .client import BuilderService
+from .frontend import BuildFrontendError, check_build_frontend
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
 _SIZE = re.compile(r"^(\d+)([KMGT]?)i?B?$", re.IGNORECASE)
+log = Logger()
 
 
 def parse_duration(value):
@@ -98,6 +101,12 @@ class Options(ToolOptions):
             self["secret"] = read_secret(self["secret-file"])
         except SecretError as e:
             raise usage.UsageError(str(e))
+        # a builder that cannot build refuses to start, rather than failing
+        # every build it is given
+        try:
+            self["build-frontend"] = check_build_frontend()
+        except BuildFrontendError as e:
+            raise usage.UsageError(str(e))
 
 
 class _LoggingBuilder(BuilderService):
@@ -108,6 +117,9 @@ class _LoggingBuilder(BuilderService):
 
     def startService(self):
         self._observers = add_log_observers(self.options)
+        if "build-frontend" in self.options:
+            log.info("build frontend: {frontend}",
+                     frontend=self.options["build-frontend"])
         super().startService()
 
     async def stopService(self):
