@@ -601,17 +601,22 @@ $sql$;
 -- dependencies in one go.  files is a JSON array of objects with filename,
 -- filesize, filehash, package_tag, package_version_tag, py_version_tag,
 -- abi_tag, platform_tag, requires_python and location; dependencies a JSON
--- array of objects with filename, tool and dependency.  A file of the same
--- name from an earlier build is replaced.
+-- array of objects with filename, tool and dependency.  A published file
+-- never changes its bytes: a file already recorded (by an earlier build)
+-- with the same hash stays as it is, with its dependencies; one with
+-- another hash is refused (unique_violation) unless replace_files, an
+-- operator's explicit choice, lets the new file take its place.
 CREATE FUNCTION log_build_success(
     pkg VARCHAR, ver VARCHAR, builder INTEGER, build_duration INTERVAL,
     abi VARCHAR, build_output TEXT, build_files JSONB,
-    build_dependencies JSONB DEFAULT '[]', label VARCHAR DEFAULT ''
+    build_dependencies JSONB DEFAULT '[]', label VARCHAR DEFAULT '',
+    replace_files BOOLEAN DEFAULT false
 ) RETURNS INTEGER
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
 AS $plpgsql$
 DECLARE
     new_id INTEGER;
+    conflict VARCHAR;
 BEGIN
     IF jsonb_typeof(build_files) IS DISTINCT FROM 'array'
             OR jsonb_array_length(build_files) = 0 THEN
@@ -625,6 +630,12 @@ BEGIN
     RETURNING build_id INTO new_id;
 
     INSERT INTO output (build_id, output) VALUES (new_id, build_output);
+
+    IF replace_files THEN
+        DELETE FROM files x
+        USING jsonb_to_recordset(build_files) AS f(filename VARCHAR)
+        WHERE x.filename = f.filename;
+    END IF;
 
     INSERT INTO files (
         filename, build_id, filesize, filehash, package_tag,
@@ -641,26 +652,27 @@ BEGIN
         py_version_tag VARCHAR, abi_tag VARCHAR, platform_tag VARCHAR,
         requires_python VARCHAR, location VARCHAR
     )
-    ON CONFLICT (filename) DO UPDATE SET
-        build_id = EXCLUDED.build_id,
-        filesize = EXCLUDED.filesize,
-        filehash = EXCLUDED.filehash,
-        package_tag = EXCLUDED.package_tag,
-        package_version_tag = EXCLUDED.package_version_tag,
-        py_version_tag = EXCLUDED.py_version_tag,
-        abi_tag = EXCLUDED.abi_tag,
-        platform_tag = EXCLUDED.platform_tag,
-        requires_python = EXCLUDED.requires_python,
-        location = EXCLUDED.location;
+    ON CONFLICT (filename) DO NOTHING;
 
-    DELETE FROM dependencies d
-    USING jsonb_to_recordset(build_files) AS f(filename VARCHAR)
-    WHERE d.filename = f.filename;
+    -- after the insert, so that a file recorded meanwhile by another
+    -- transaction is compared too
+    SELECT f.filename INTO conflict
+    FROM jsonb_to_recordset(build_files) AS f(filename VARCHAR,
+                                              filehash VARCHAR)
+    JOIN files x ON x.filename = f.filename
+    WHERE x.filehash <> lower(f.filehash)
+    LIMIT 1;
+    IF conflict IS NOT NULL THEN
+        RAISE EXCEPTION '% is already recorded with other bytes', conflict
+            USING ERRCODE = 'unique_violation';
+    END IF;
 
+    -- only the files this build added get its dependencies
     INSERT INTO dependencies (filename, tool, dependency)
     SELECT DISTINCT d.filename, d.tool, d.dependency
     FROM jsonb_to_recordset(COALESCE(build_dependencies, '[]'))
-        AS d(filename VARCHAR, tool VARCHAR, dependency VARCHAR);
+        AS d(filename VARCHAR, tool VARCHAR, dependency VARCHAR)
+    JOIN files x ON x.filename = d.filename AND x.build_id = new_id;
 
     PERFORM refresh_build_queue(pkg, ver);
     RETURN new_id;

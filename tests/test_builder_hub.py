@@ -409,7 +409,9 @@ def test_reconnecting_builder_keeps_its_build(harness):
     builder.client.transport.loseConnection()
     builder.pump.flush()
     again = harness.connect()
-    again.login(current_package=work["package"], current_version="1.0")
+    answer = again.login(current_package=work["package"],
+                         current_version="1.0", current_ticket=work["ticket"])
+    assert answer["resumed"] is True
     for _ in range(3):  # well past the orphan timer, which was cancelled
         harness.clock.advance(50)
         assert again.busy() == proto.CONTINUE

@@ -703,10 +703,11 @@ def test_write_buffer_pauses_fetching(output, fake_reactor, tmp_path,
         on_result, function, args = jobs.pop(0)
         on_result(True, function(*args))
     assert result.result.read_bytes() == data
-    # every answer comes at once, so the window (8) never limits: 3 pieces
-    # (more than the 2.5 pieces allowed) wait for the disk, and each
-    # written batch lets as many more be fetched
-    assert requested[:8] == [0, 3, 4, 6, 7, 9, 10, 11]
+    # the first job looks for a published copy; then every answer comes at
+    # once, so the window (8) never limits: 3 pieces (more than the 2.5
+    # pieces allowed) wait for the disk, and each written batch lets as
+    # many more be fetched
+    assert requested[:9] == [0, 0, 3, 4, 6, 7, 9, 10, 11]
 
 
 def _interrupt_after(client, count):

@@ -43,6 +43,9 @@ class Options(AdminOptions):
     optFlags = [
         ["delete", "d", "Delete the files once the master has verified "
                         "every one of them."],
+        ["replace", None, "Let the files replace published files of the "
+                          "same name with other bytes (otherwise refused: "
+                          "a published file never changes)."],
     ]
     optParameters = [
         ["package", None, None,
@@ -125,6 +128,9 @@ def prepare(options, say):
     question = (f"Import {len(files)} file(s) as a build of {package} "
                 f"{version} for {abi or 'the ABI the master picks'} "
                 f"({names})?")
+    if options["replace"]:
+        question += (" Published files of the same names will be REPLACED "
+                     "by these.")
 
     async def request(reactor):
         client = await connect(reactor, options["import-queue"])
@@ -136,7 +142,8 @@ def prepare(options, say):
                                         data=log[offset:offset + LOG_CHUNK])
             answer = await client.callRemote(
                 proto.ImportBuild, package=package, version=version,
-                abi_tag=abi, duration=options["duration"], files=files)
+                abi_tag=abi, duration=options["duration"], files=files,
+                replace=bool(options["replace"]))
         except proto.AdminError as e:
             raise ToolFailure(str(e))
         except Exception as e:

@@ -40,6 +40,8 @@ class Job:
     outcome: object = None
     wheels: list = attrs.Factory(list)
     stopped_by_master: bool = False
+    #: the master's ticket for this assignment, shown after a reconnection
+    ticket: str | None = None
 
 
 class BuilderConnection(FileSenderResponders, amp.AMP):
@@ -158,7 +160,8 @@ class BuilderService(service.MultiService):
             os_version=facts.os_version, board_revision=facts.board_revision,
             board_serial=facts.board_serial,
             current_package=job.package if job else None,
-            current_version=job.version if job else None)
+            current_version=job.version if job else None,
+            current_ticket=job.ticket if job else None)
         expected = proto.master_proof(self.secret, nonce)
         if not proto.proofs_match(expected, reply["proof"]):
             self.log.error("the master at the other end does not know our "
@@ -172,6 +175,13 @@ class BuilderService(service.MultiService):
         self.builder_id = answer["builder_id"]
         self.log.info("connected to the master as builder {id}",
                       id=self.builder_id)
+        if job is not None and self.job is job and not answer["resumed"]:
+            # restarted, or gave it to another builder meanwhile: reporting
+            # it would only be refused again and again
+            self.log.warn("the master no longer expects {package} {version} "
+                          "from this builder; discarding it",
+                          package=job.package, version=job.version)
+            self._discard(job)
 
     # the main loop --------------------------------------------------------
 
@@ -225,7 +235,8 @@ class BuilderService(service.MultiService):
     def _start(self, reply):
         job = Job(package=reply["package"], version=reply["version"],
                   index_url=reply["index_url"],
-                  extra_index_urls=list(reply.get("extra_index_urls") or []))
+                  extra_index_urls=list(reply.get("extra_index_urls") or []),
+                  ticket=reply.get("ticket"))
         self.job = job
         self.log.info("building {package} {version}", package=job.package,
                       version=job.version)
@@ -338,6 +349,26 @@ class BuilderService(service.MultiService):
                                                               version):
             if self._done is not None and not self._done.called:
                 self._done.callback(None)
+
+    def _discard(self, job):
+        """Forget *job*: stop it if it still runs, delete its files, and
+        (the main loop sees no job) ask for work."""
+        self.job = None
+        self.file_sender.clear()
+        if job.running is not None:
+            # stopping a build that has finished returns its outcome
+            stopped = job.running.stop("the master does not expect it")
+
+            def remove(outcome):
+                output_dir = getattr(outcome, "output_dir", None)
+                if output_dir is not None:
+                    shutil.rmtree(output_dir, ignore_errors=True)
+
+            stopped.addCallback(remove)
+            stopped.addErrback(lambda f: self.log.failure(
+                "could not stop the discarded build", f))
+        if job.outcome is not None and job.outcome.output_dir is not None:
+            shutil.rmtree(job.outcome.output_dir, ignore_errors=True)
 
     def _finish(self, job):
         self.file_sender.clear()

@@ -226,9 +226,11 @@ class Database:
         rows = await self._rows("SELECT * FROM get_queue_lengths()")
         return {row.abi_tag: row.queued for row in rows}
 
-    async def log_build(self, build):
+    async def log_build(self, build, replace_files=False):
         """Record a finished build (with its files and dependencies when it
-        succeeded) in one transaction; returns the new build id."""
+        succeeded) in one transaction; returns the new build id.  A file
+        recorded earlier with other bytes is refused (unique violation)
+        unless *replace_files*."""
         if build.status:
             files = [attrs.asdict(f) for f in build.files]
             dependencies = [
@@ -239,11 +241,11 @@ class Database:
             ]
             return await self._scalar(
                 "SELECT log_build_success(%s, %s, %s, %s, %s, %s, "
-                "%s::JSONB, %s::JSONB, %s)",
+                "%s::JSONB, %s::JSONB, %s, %s)",
                 (build.package, build.version, build.built_by,
                  build.duration, build.abi_tag, sanitize(build.output),
                  json.dumps(files), json.dumps(dependencies),
-                 build.builder_label))
+                 build.builder_label, bool(replace_files)))
         return await self._scalar(
             "SELECT log_build_failure(%s, %s, %s, %s, %s, %s, %s, %s)",
             (build.package, build.version, build.built_by, build.duration,

@@ -8,6 +8,7 @@ were.  Imported wheels travel through the same verified transfer as
 builders' wheels and are published and recorded the same way.
 """
 
+import os
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -26,7 +27,7 @@ from ..protocol import admin as proto
 from ..pypi.http import new_http_client
 from ..pypi.journal import FileKind
 from ..pypi.json_api import PyPIJson
-from ..transfer.receiver import TransferError
+from ..transfer.receiver import AlreadyPublished, TransferError
 from .published_wheels import unpublish, wheel_problem, wheel_records
 from .pypi_follower import skip_for
 
@@ -206,7 +207,7 @@ class AdminHub(service.Service):
         return abis[0]
 
     async def import_build(self, connection, package, version, abi_tag,
-                           duration, files):
+                           duration, files, replace=False):
         package = await self._known_package(package)
         version = await self._known_version(package, version)
         if not files:
@@ -232,43 +233,67 @@ class AdminHub(service.Service):
             built_by=IMPORTED_BY, builder_label=IMPORT_LABEL,
             duration=timedelta(seconds=max(duration, 0.0)), status=True,
             output=output)
-        recorded, dependencies = [], {}
+        recorded, dependencies, published = [], {}, []
         try:
             for wheel in files:
+                existed = os.path.lexists(os.path.join(
+                    self.output_path, "simple", package, wheel["filename"]))
                 try:
                     path = await self.receiver.receive(
                         connection.callRemote, package, wheel["filename"],
-                        wheel["filesize"], wheel["filehash"])
+                        wheel["filesize"], wheel["filehash"],
+                        replace=bool(replace))
+                except AlreadyPublished as e:
+                    _refuse(f"{e}; piw-import --replace replaces it")
                 except TransferError as e:
                     _refuse(f"{wheel['filename']} did not arrive intact: "
                             f"{e}")
-                for build_file, deps in wheel_records(
-                        wheel, path, self.output_path,
-                        self.platform_aliases):
-                    recorded.append(build_file)
-                    dependencies[build_file.filename] = deps
+                try:
+                    for build_file, deps, created in wheel_records(
+                            wheel, path, self.output_path,
+                            self.platform_aliases, replace=bool(replace),
+                            created=replace or not existed):
+                        recorded.append(build_file)
+                        dependencies[build_file.filename] = deps
+                        if created:
+                            published.append(build_file)
+                except AlreadyPublished as e:
+                    _refuse(f"{e}; piw-import --replace replaces it")
             build = attrs.evolve(build, files=tuple(recorded),
                                  dependencies=dependencies)
             try:
-                build_id = await self.db.log_build(build)
+                build_id = await self.db.log_build(
+                    build, replace_files=bool(replace))
+            except psycopg2.errors.UniqueViolation as e:
+                _refuse(f"{str(e).strip().splitlines()[0]}; piw-import "
+                        f"--replace replaces it")
             except psycopg2.IntegrityError:
                 _refuse(f"{package} {version} was removed meanwhile")
         except BaseException:
-            unpublish(self.output_path, recorded)
+            # what was published before stays; only what this import
+            # published goes
+            unpublish(self.output_path, published)
             raise
         self.log.info("imported {count} file(s) as build {id} of {package} "
                       "{version} for {abi}", count=len(files), id=build_id,
                       package=package, version=version, abi=abi_tag)
+        if replace:
+            self.log.warn("piw-import --replace: {names} replaced any "
+                          "published file of the same name",
+                          names=", ".join(f.filename for f in recorded))
         for listener in list(self.build_listeners):
             try:
                 listener(build)
             except Exception:
                 self.log.failure("a build listener failed")
         self.queue.request_refresh()
+        message = (f"imported {len(files)} file(s) as build {build_id} of "
+                   f"{package} {version} for {abi_tag}")
+        if replace:
+            message += ("; files of the same names were replaced if they "
+                        "were published")
         return {"build_id": build_id, "abi_tag": abi_tag,
-                "message": f"imported {len(files)} file(s) as build "
-                           f"{build_id} of {package} {version} for "
-                           f"{abi_tag}"}
+                "message": message}
 
     # piw-add -----------------------------------------------------------------
 

@@ -5,9 +5,16 @@ builder); the :class:`BuilderHub` service owns them all, hands out work from
 the build queue, watches the builders' pings, fetches finished wheels
 through the file receiver and records builds in the database.  The controls
 a monitor uses (kill, skip, sleep, wake) live here too.
+
+Knowing the shared secret lets a machine connect, not change what the master
+believes: a builder reports only on the build handed to this connection, or
+on the one it held when its connection dropped (shown by that assignment's
+ticket); wheels are checked against their file names and never replace
+published bytes; a build log is bounded.
 """
 
 import hashlib
+import os
 import secrets
 from datetime import timedelta
 from itertools import count
@@ -25,12 +32,24 @@ from .. import __version__
 from ..db.pool import DatabaseUnavailable
 from ..db.records import BuildResult, QueueEntry
 from ..protocol import builder as proto
-from ..transfer.receiver import TransferFailed, TransferInterrupted
-from .published_wheels import (DEFAULT_PLATFORM_ALIASES, unpublish,
-                               wheel_problem, wheel_records)
+from ..transfer.receiver import (AlreadyPublished, TransferFailed,
+                                 TransferInterrupted)
+from .published_wheels import (DEFAULT_PLATFORM_ALIASES, alias_names,
+                               unpublish, wheel_problem, wheel_records)
 
-#: The largest build log accepted (bigger logs are a runaway build).
-MAX_LOG_BYTES = 256 * 1024 * 1024
+#: The largest build log accepted (builders send the head and tail of
+#: bigger ones).
+MAX_LOG_BYTES = proto.MAX_LOG_BYTES
+
+
+@attrs.define
+class Orphan:
+    """A build whose builder's connection dropped: it may come back with
+    the assignment's ticket."""
+
+    entry: QueueEntry
+    ticket: str
+    expiry: object
 
 
 @attrs.define
@@ -74,7 +93,9 @@ class BuilderConnection(amp.AMP):
         self._challenge = None
         self._log = bytearray()
         self._watchdog = None
-        self._resuming = (None, None)
+        self._resuming = (None, None, None)
+        #: the ticket of the build handed to this connection
+        self.ticket = None
 
     # connection -----------------------------------------------------------
 
@@ -121,7 +142,7 @@ class BuilderConnection(amp.AMP):
     def hello(self, version, nonce, build_timeout, busy_timeout, py_tag,
               abi_tag, platform_tag, label, os_name, os_version,
               board_revision, board_serial, current_package=None,
-              current_version=None):
+              current_version=None, current_ticket=None):
         if self._challenge is not None:
             raise proto.ProtocolViolation("hello was already said")
         if version != __version__:
@@ -140,7 +161,7 @@ class BuilderConnection(amp.AMP):
             board_revision=board_revision, board_serial=board_serial,
             version=version, build_timeout=build_timeout,
             busy_timeout=busy_timeout)
-        self._resuming = (current_package, current_version)
+        self._resuming = (current_package, current_version, current_ticket)
         self._challenge = secrets.token_bytes(proto.NONCE_BYTES)
         return {"challenge": self._challenge,
                 "proof": proto.master_proof(self.hub.secret, nonce)}
@@ -158,14 +179,22 @@ class BuilderConnection(amp.AMP):
         self.authenticated = True
         self.info.status = "idle"
         self._seen()
-        package, version = self._resuming
-        if package and version:
-            self.hub.resume(self, package, version)
+        package, version, ticket = self._resuming
+        resumed = False
+        if package or version:
+            resumed = self.hub.resume(self, package, version, ticket)
         self.hub.builder_ready(self)
         self.log.info("builder {id} ({label}, {abi}) connected from {address}",
                       id=self.info.builder_id, label=self.info.label,
                       abi=self.info.abi_tag, address=self.info.address)
-        return {"builder_id": self.info.builder_id}
+        return {"builder_id": self.info.builder_id, "resumed": resumed}
+
+    def refuse(self, message, **fields):
+        """Log a refused claim or report with who made it."""
+        self.log.warn("refused builder {id} ({label}) at {address}: "
+                      + message, id=self.info.builder_id,
+                      label=self.info.label, address=self.info.address,
+                      **fields)
 
     # work -----------------------------------------------------------------
 
@@ -200,7 +229,13 @@ class BuilderConnection(amp.AMP):
             raise proto.ProtocolViolation(
                 f"log piece at {offset}, expected {len(self._log)}")
         if len(self._log) + len(data) > MAX_LOG_BYTES:
-            raise proto.ProtocolViolation("the build log is too large")
+            self._log = bytearray()
+            self.refuse("a build log of more than {limit} bytes",
+                        limit=MAX_LOG_BYTES)
+            raise proto.LogTooLarge(
+                f"the build log is larger than the {MAX_LOG_BYTES} bytes "
+                f"the master accepts; send its head and tail, from "
+                f"offset 0")
         self._log += data
         return {}
 
@@ -212,6 +247,8 @@ class BuilderConnection(amp.AMP):
         entry = self.info.entry
         if entry is None or (entry.package, entry.version) != (package,
                                                                 version):
+            self.refuse("a result for {package} {version}, which it was "
+                        "not given", package=package, version=version)
             raise proto.ProtocolViolation(
                 f"{package} {version} is not what this builder was given")
         if len(self._log) != log_size or \
@@ -277,9 +314,9 @@ class BuilderHub(service.Service):
 
     def stopService(self):
         super().stopService()
-        for call in self._orphans.values():
-            if call.active():
-                call.cancel()
+        for orphan in self._orphans.values():
+            if orphan.expiry.active():
+                orphan.expiry.cancel()
         self._orphans.clear()
         # partial transfers keep their received ranges for the next start
         saved = self.receiver.abandon()
@@ -303,8 +340,10 @@ class BuilderHub(service.Service):
         if entry is not None and self.running:
             # it may come back with the build in hand; if not, re-queue
             key = (entry.abi_tag, entry.package, entry.version)
-            self._orphans[key] = self.clock.callLater(
-                state.busy_timeout, self._orphan_expired, entry)
+            self._orphans[key] = Orphan(
+                entry=entry, ticket=connection.ticket,
+                expiry=self.clock.callLater(state.busy_timeout,
+                                            self._orphan_expired, entry))
             self.log.info("builder {id} ({label}) lost while holding "
                           "{package} {version}; waiting {t:.0f}s for it",
                           id=state.builder_id, label=state.label,
@@ -321,28 +360,48 @@ class BuilderHub(service.Service):
                       abi=entry.abi_tag)
         self.queue.release(entry)
 
-    def resume(self, connection, package, version):
-        """A builder came back holding a build: give it the entry again."""
+    def resume(self, connection, package, version, ticket):
+        """A builder came back saying it holds a build: give it the entry
+        again if it is the orphan of that very builder (it shows the
+        ticket of that assignment); return whether it was given back.  Any
+        other claim is refused, logged, and changes nothing."""
         abi = connection.info.abi_tag
         key = (abi, package, version)
-        call = self._orphans.pop(key, None)
-        if call is not None and call.active():
-            call.cancel()
-        entry = QueueEntry(abi_tag=abi, package=package, version=version,
-                           released=None)
+        orphan = self._orphans.get(key)
+        if orphan is None or not isinstance(ticket, str) or \
+                orphan.ticket is None or \
+                not secrets.compare_digest(orphan.ticket.encode("ascii"),
+                                           ticket.encode("utf-8")):
+            connection.refuse(
+                "it claims {package} {version} for {abi}, which it does "
+                "not hold ({why})", package=package, version=version,
+                abi=abi, why="no such build is waiting for its builder"
+                if orphan is None else "wrong ticket")
+            return False
+        entry = orphan.entry
         holder = self.queue.holder(entry)
         if holder is not None and holder is not connection and \
                 holder.info.builder_id in self.connections:
-            return  # someone else has it now; this builder's result is late
+            # someone else has it now; this builder's result is late
+            connection.refuse("{package} {version} went to another builder",
+                              package=package, version=version)
+            return False
+        del self._orphans[key]
+        if orphan.expiry.active():
+            orphan.expiry.cancel()
         self.queue.hold(entry, connection)
-        self._assign(connection, entry, started=self.clock.seconds())
+        self._assign(connection, entry, started=self.clock.seconds(),
+                     ticket=orphan.ticket)
+        return True
 
-    def _assign(self, connection, entry, started):
+    def _assign(self, connection, entry, started, ticket):
         connection.info.entry = entry
         connection.info.build_started = started
         connection.info.status = "building"
+        connection.ticket = ticket
 
     def _unassign(self, connection):
+        connection.ticket = None
         connection.info.entry = None
         connection.info.build_started = None
         connection.info.status = "idle"
@@ -370,14 +429,16 @@ class BuilderHub(service.Service):
         if entry is None:
             state.status = "idle"
             return {"action": proto.SLEEP, "delay": self.idle_delay}
-        self._assign(connection, entry, started=self.clock.seconds())
+        ticket = secrets.token_hex(16)
+        self._assign(connection, entry, started=self.clock.seconds(),
+                     ticket=ticket)
         self.log.info("builder {id} ({label}) builds {package} {version} "
                       "for {abi}", id=state.builder_id, label=state.label,
                       package=entry.package, version=entry.version,
                       abi=entry.abi_tag)
         return {"action": proto.BUILD, "package": entry.package,
                 "version": entry.version, "index_url": self.index_url,
-                "extra_index_urls": self.extra_index_urls}
+                "extra_index_urls": self.extra_index_urls, "ticket": ticket}
 
     def busy_action(self, connection):
         state = connection.info
@@ -430,15 +491,34 @@ class BuilderHub(service.Service):
             builder_label=state.label,
             duration=timedelta(seconds=max(duration, 0.0)),
             status=status, output=output, reason=reason)
+        published = []
         try:
             if status:
-                build = await self._fetch_files(connection, entry, build,
-                                                files)
-            await self.db.log_build(build)
-        except TransferInterrupted:
-            self.log.info("transfer from builder {id} interrupted; it will "
-                          "resume when the builder reconnects",
-                          id=state.builder_id)
+                build, published = await self._fetch_files(
+                    connection, entry, build, files)
+            try:
+                await self.db.log_build(build)
+            except psycopg2.errors.UniqueViolation as e:
+                # the database knows one of these files with other bytes:
+                # what it recorded stands
+                reason = str(e).strip().splitlines()[0]
+                connection.refuse("{reason}", reason=reason)
+                unpublish(self.output_path, published)
+                published = []
+                build = self._failed(build, reason, files=(),
+                                     dependencies={})
+                await self.db.log_build(build)
+        except TransferInterrupted as e:
+            self.log.info("transfer from builder {id} ({label}) interrupted "
+                          "({error}); it will resume when the builder "
+                          "reconnects", id=state.builder_id,
+                          label=state.label, error=str(e))
+            if connection.transport is not None and \
+                    state.builder_id in self.connections:
+                # it stopped answering but is still connected: drop it, so
+                # that it reconnects (and resumes), or its build is given
+                # to another builder once it has been gone a while
+                connection.transport.abortConnection()
             return
         except DatabaseUnavailable as e:
             if status:
@@ -462,7 +542,7 @@ class BuilderHub(service.Service):
             self.log.warn("{package} {version} is gone; discarding its build "
                           "({error})", package=entry.package,
                           version=entry.version, error=str(e).strip())
-            unpublish(self.output_path, build.files)
+            unpublish(self.output_path, published)
             build = None
         except Exception:
             self.log.failure("recording {package} {version} failed",
@@ -472,6 +552,11 @@ class BuilderHub(service.Service):
         self.queue.finish(entry)
         if state.entry == entry:
             self._unassign(connection)
+        orphan = self._orphans.pop((entry.abi_tag, entry.package,
+                                    entry.version), None)
+        if orphan is not None and orphan.expiry.active():
+            # recorded: a builder that lost Done is told so when it is back
+            orphan.expiry.cancel()
         if build is not None:
             self._announce(build, entry, state)
         if connection.transport is not None and \
@@ -496,33 +581,62 @@ class BuilderHub(service.Service):
             except Exception:
                 self.log.failure("a build listener failed")
 
+    @staticmethod
+    def _failed(build, reason, **changes):
+        return attrs.evolve(
+            build, status=False, reason=reason,
+            output=build.output + f"\n\npiwtwist master: {reason}\n",
+            **changes)
+
     async def _fetch_files(self, connection, entry, build, files):
-        """Fetch and verify every wheel; a wheel that will not verify turns
-        the build into a failure that says why."""
-        facts = []
+        """Fetch and verify every wheel.  A wheel that does not match its
+        file name or the build, that will not verify, or that would replace
+        published bytes turns the build into a failure that says why, and
+        nothing it published stays.  Returns the build and the
+        :class:`BuildFile` records of the files it published."""
+        names = []
         for wheel in files:
-            problem = wheel_problem(entry.package, entry.version, wheel)
+            problem = wheel_problem(entry.package, entry.version, wheel,
+                                    abi=entry.abi_tag)
             if problem:
-                return attrs.evolve(build, status=False, reason=problem)
-        for wheel in files:
-            try:
+                connection.refuse("{problem}", problem=problem)
+                return self._failed(build, problem), []
+            names.append(wheel["filename"])
+            names.extend(alias_names(wheel["filename"],
+                                     self.platform_aliases))
+        if len(set(names)) != len(names):
+            problem = "the same file name appears twice among the wheels"
+            connection.refuse("{problem}", problem=problem)
+            return self._failed(build, problem), []
+        recorded, dependencies, published = [], {}, []
+        try:
+            for wheel in files:
+                filename = wheel["filename"]
+                existed = os.path.lexists(
+                    self.output_path / "simple" / entry.package / filename)
                 path = await self.receiver.receive(
-                    connection.callRemote, entry.package, wheel["filename"],
+                    connection.callRemote, entry.package, filename,
                     wheel["filesize"], wheel["filehash"])
-            except TransferFailed as e:
-                return attrs.evolve(
-                    build, status=False,
-                    reason=f"{wheel['filename']} failed to arrive intact: {e}",
-                    output=build.output + f"\n\npiwtwist master: {e}\n")
-            facts.append((wheel, path))
-        recorded, dependencies = [], {}
-        for wheel, path in facts:
-            for build_file, deps in wheel_records(
-                    wheel, path, self.output_path, self.platform_aliases):
-                recorded.append(build_file)
-                dependencies[build_file.filename] = deps
+                for build_file, deps, created in wheel_records(
+                        wheel, path, self.output_path, self.platform_aliases,
+                        created=not existed):
+                    recorded.append(build_file)
+                    dependencies[build_file.filename] = deps
+                    if created:
+                        published.append(build_file)
+        except AlreadyPublished as e:
+            connection.refuse("{problem}", problem=str(e))
+            unpublish(self.output_path, published)
+            return self._failed(build, str(e)), []
+        except TransferFailed as e:
+            unpublish(self.output_path, published)
+            return self._failed(
+                build, f"{filename} failed to arrive intact: {e}"), []
+        except BaseException:
+            unpublish(self.output_path, published)
+            raise
         return attrs.evolve(build, files=tuple(recorded),
-                            dependencies=dependencies)
+                            dependencies=dependencies), published
 
     # controls -------------------------------------------------------------
 

@@ -45,6 +45,9 @@ class ImportBuild(amp.Command):
         (b"abi_tag", amp.Unicode()),
         (b"duration", amp.Float()),
         (b"files", amp.AmpList(WHEEL_FACTS)),
+        # the operator lets these files replace published ones of the same
+        # name (a published file otherwise never changes its bytes)
+        (b"replace", amp.Boolean(optional=True)),
     ]
     response = [
         (b"build_id", amp.Integer()),

@@ -9,9 +9,12 @@ Builder -> master:
 ``Hello``         who I am (versions, ABI, platform, label, machine, limits)
                   and a nonce; answered by a challenge and the master's proof
                   that it knows the shared secret.
-``Authenticate``  my proof that I know the secret; answered by my builder id.
-``Idle``          machine stats; answered by ``build`` (with what to build and
-                  from which index), ``sleep`` (ask again later) or ``die``.
+``Authenticate``  my proof that I know the secret; answered by my builder id
+                  and whether the master took back the build I said I held
+                  (``resumed``); if not, I throw that build away.
+``Idle``          machine stats; answered by ``build`` (with what to build,
+                  from which index, and a ticket for this assignment),
+                  ``sleep`` (ask again later) or ``die``.
 ``Busy``          a ping while building; answered by ``continue`` or ``stop``.
 ``BuildLog``      one piece of the build log (logs are larger than an AMP
                   value may be), sent before ``Built``.
@@ -28,6 +31,10 @@ Master -> builder:
 
 The shared secret never crosses the wire: each side proves it knows it with
 an HMAC over the other side's random nonce.
+
+Knowing the secret is not enough to change anything: a builder reports only
+on the build it was handed on this connection, or on the build it held when
+its connection dropped, which it proves with that assignment's ticket.
 """
 
 import hashlib
@@ -87,6 +94,8 @@ class Hello(amp.Command):
         # what the builder is still busy with after a reconnection
         (b"current_package", amp.Unicode(optional=True)),
         (b"current_version", amp.Unicode(optional=True)),
+        # the ticket Idle handed out with that build
+        (b"current_ticket", amp.Unicode(optional=True)),
     ]
     response = [
         (b"challenge", amp.String()),
@@ -99,7 +108,11 @@ class Hello(amp.Command):
 class Authenticate(amp.Command):
     commandName = b"authenticate"
     arguments = [(b"proof", amp.String())]
-    response = [(b"builder_id", amp.Integer())]
+    response = [
+        (b"builder_id", amp.Integer()),
+        # whether the build named in Hello is still this builder's
+        (b"resumed", amp.Boolean()),
+    ]
     errors = {AuthenticationFailed: b"AUTHENTICATION_FAILED",
               ProtocolViolation: b"PROTOCOL_VIOLATION"}
 
@@ -125,6 +138,8 @@ class Idle(amp.Command):
         (b"index_url", amp.Unicode(optional=True)),
         (b"extra_index_urls", amp.ListOf(amp.Unicode(), optional=True)),
         (b"delay", amp.Float(optional=True)),
+        # proof, after a reconnection, that this build was handed to us
+        (b"ticket", amp.Unicode(optional=True)),
     ]
     errors = dict(_ERRORS)
 
@@ -136,17 +151,25 @@ class Busy(amp.Command):
     errors = dict(_ERRORS)
 
 
+class LogTooLarge(Exception):
+    """The build log exceeds what the master keeps (:data:`MAX_LOG_BYTES`);
+    the builder must send a shorter one (its head and tail), from offset 0."""
+
+
 class BuildLog(amp.Command):
     """A piece of the log; pieces arrive in order, each under AMP's limit."""
 
     commandName = b"build-log"
     arguments = [(b"offset", amp.Integer()), (b"data", amp.String())]
     response = []
-    errors = dict(_ERRORS)
+    errors = {**_ERRORS, LogTooLarge: b"LOG_TOO_LARGE"}
 
 
 #: The most log bytes one BuildLog carries.
 LOG_CHUNK = 48 * 1024
+#: The longest build log the master accepts from a builder; builders keep
+#: the head and tail of longer logs under their own, smaller, cap.
+MAX_LOG_BYTES = 4 * 1024 * 1024
 
 WHEEL_FACTS = [
     (b"filename", amp.Unicode()),

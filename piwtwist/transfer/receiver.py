@@ -28,7 +28,10 @@ too much data waits for the disk, so a transfer holds at most
 ``write_buffer + window * fetch_size`` bytes (about 8 MB by default).
 
 Nothing appears under ``simple/`` until the whole file has been verified,
-synced and renamed into place.
+synced and linked into place.  A published file never changes its bytes: a
+file of the same name that is already published is accepted only if its
+bytes are the same (checked before anything is fetched, and again when
+publishing, which never replaces), unless the caller asks to replace it.
 """
 
 import hashlib
@@ -105,6 +108,10 @@ class TransferFailed(TransferError):
 
 class TransferRefused(TransferFailed):
     """The request was refused before anything was written."""
+
+
+class AlreadyPublished(TransferRefused):
+    """A file of that name is already published with other bytes."""
 
 
 class TransferInterrupted(TransferError):
@@ -506,8 +513,14 @@ class FileReceiver:
 
     # -- the public face ---------------------------------------------------
 
-    async def receive(self, call_remote, package, filename, size, sha256):
+    async def receive(self, call_remote, package, filename, size, sha256,
+                      *, replace=False):
         """Pull *filename* through *call_remote*; return its final path.
+
+        A file of that name already published with the same sha256 is
+        accepted as it is, without fetching anything; one with other bytes
+        raises :class:`AlreadyPublished`, unless *replace* (an operator's
+        explicit choice) allows the new bytes to take its place.
 
         *call_remote* is ``amp.AMP.callRemote`` of the connection to the
         sender, or anything called the same way.  Raises
@@ -527,7 +540,7 @@ class FileReceiver:
             await lock.acquire()
             try:
                 return await self._receive(call_remote, canonical, filename,
-                                           size, sha256)
+                                           size, sha256, replace)
             finally:
                 lock.release()
         finally:
@@ -609,7 +622,16 @@ class FileReceiver:
 
     # -- one file ----------------------------------------------------------
 
-    async def _receive(self, call_remote, canonical, filename, size, sha256):
+    async def _receive(self, call_remote, canonical, filename, size, sha256,
+                       replace):
+        if not replace:
+            published = await self._on_disk(
+                "check", filename, self._published_copy, canonical,
+                filename, size, sha256)
+            if published is not None:
+                self.log.info("{filename} is already published with the "
+                              "same bytes", filename=filename)
+                return published
         digest = None
         for attempt in range(1, self.attempts + 1):
             if self._abandoned:
@@ -634,7 +656,7 @@ class FileReceiver:
                             "the master is shutting down")
                     path = await self._on_disk(
                         "publish", filename, self._publish, transfer,
-                        canonical)
+                        canonical, replace)
                     self.log.info(
                         "received {filename} ({size} bytes, {fetched} "
                         "fetched)", filename=filename, size=size,
@@ -804,7 +826,7 @@ class FileReceiver:
             raise
         return _Transfer(filename, size, sha256, part_path, ranges_path, fd)
 
-    def _publish(self, transfer, canonical):
+    def _publish(self, transfer, canonical, replace=False):
         os.fchmod(transfer.fd, 0o644)
         if self.durable:
             os.fsync(transfer.fd)
@@ -818,11 +840,33 @@ class FileReceiver:
             else:
                 path.chmod(0o755)  # whatever the umask
         final_path = directory / transfer.filename
-        os.replace(transfer.part_path, final_path)
+        if replace:
+            os.replace(transfer.part_path, final_path)
+        else:
+            try:
+                # a link never replaces what is there
+                os.link(transfer.part_path, final_path)
+            except FileExistsError:
+                try:
+                    check_same_bytes(final_path, transfer.filename,
+                                      transfer.size, transfer.sha256)
+                finally:
+                    _discard(transfer)
+                return final_path
+            transfer.part_path.unlink()
         if self.durable:
             _fsync_directory(directory)
         transfer.ranges_path.unlink(missing_ok=True)
         return final_path
+
+    def _published_copy(self, canonical, filename, size, sha256):
+        """The published file of that name when it has these bytes; None
+        when there is none; :class:`AlreadyPublished` otherwise."""
+        path = self.output_path / "simple" / canonical / filename
+        if not os.path.lexists(path):
+            return None
+        check_same_bytes(path, filename, size, sha256)
+        return path
 
     def _purge_stale(self, max_age, busy):
         deleted = []
@@ -910,6 +954,38 @@ def _finish_hash(transfer):
         hasher.update(block)
         position += len(block)
     return hasher.hexdigest()
+
+
+def file_sha256(path):
+    """The size and sha256 of the file at *path* (never following a
+    symbolic link)."""
+    hasher, size = hashlib.sha256(), 0
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        while True:
+            block = os.read(fd, _HASH_BLOCK)
+            if not block:
+                return size, hasher.hexdigest()
+            hasher.update(block)
+            size += len(block)
+    finally:
+        os.close(fd)
+
+
+def check_same_bytes(path, filename, size, sha256):
+    """Raise :class:`AlreadyPublished` unless the file at *path* has
+    *size* bytes with this *sha256*."""
+    try:
+        found_size = os.lstat(path).st_size
+        same = found_size == size and \
+            file_sha256(path) == (size, sha256.lower())
+    except OSError as exc:  # a symbolic link, a directory...
+        raise AlreadyPublished(
+            f"{filename} is already published and cannot be read: "
+            f"{exc}") from None
+    if not same:
+        raise AlreadyPublished(
+            f"{filename} is already published with other bytes")
 
 
 def _discard(transfer):
