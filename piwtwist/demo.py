@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -32,7 +31,7 @@ from pathlib import Path
 from packaging import tags
 from packaging.utils import canonicalize_name, canonicalize_version
 
-from . import initdb
+from . import initdb, names
 from .devcluster import ClusterError, PrivateCluster
 from .service_user import ServiceUserError, as_user, own, service_user
 
@@ -44,8 +43,6 @@ DEFAULT_PACKAGES = (Path(__file__).resolve().parent.parent / "docs"
 PYPI_SIMPLE = "https://pypi.org/simple/"
 PYPI_API = "https://pypi.org/pypi"
 BAR_WIDTH = 20
-_PIN = re.compile(r"^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
-                  r"\s*==\s*([A-Za-z0-9][A-Za-z0-9.+!_-]*)$")
 # what the master's PyPI follower says when it cannot read the journal
 _JOURNAL_UNREADABLE = "cannot read PyPI's journal"
 
@@ -99,11 +96,16 @@ def read_packages(path):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
-        match = _PIN.match(line)
-        if not match:
+        name, pinned, version = (part.strip() for part in
+                                 line.partition("=="))
+        try:
+            if not pinned:
+                raise names.InvalidName("no '=='")
+            pair = (names.check_project_name(name),
+                    names.check_version(version))
+        except names.InvalidName as e:
             raise DemoError(f"{shown(path)} line {number}: expected "
-                            f"NAME==VERSION, not {line!r}")
-        pair = (match.group(1), match.group(2))
+                            f"NAME==VERSION, not {line!r} ({e})") from None
         if pair not in pairs:
             pairs.append(pair)
     if not pairs:

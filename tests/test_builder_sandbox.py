@@ -472,10 +472,10 @@ async def test_a_build_that_locks_its_own_home_is_still_removed(
 
 
 def test_bad_arguments_are_refused(reactor, tmp_path):
-    with pytest.raises(ValueError, match="not a package name"):
+    with pytest.raises(ValueError, match="not a valid project name"):
         start_build(reactor, "--index-url=evil", "1.0", "file:///x/",
                     tmp_path, 10)
-    with pytest.raises(ValueError, match="not a version"):
+    with pytest.raises(ValueError, match="not a valid version"):
         start_build(reactor, "foo", "1.0; rm -rf /", "file:///x/",
                     tmp_path, 10)
     assert list(tmp_path.iterdir()) == []

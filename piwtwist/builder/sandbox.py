@@ -18,7 +18,6 @@ once (its ``stop()`` is what a master "stop" or a shutdown calls);
 """
 
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -34,6 +33,8 @@ from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+
+from .. import names
 
 log = Logger()
 
@@ -51,9 +52,6 @@ _OUT_OF_MEMORY_SIGNS = (
     "virtual memory exhausted",
     "failed to map segment",
 )
-_PACKAGE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?",
-                           re.ASCII)
-_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+!_-]*", re.ASCII)
 _warned = set()
 
 
@@ -132,10 +130,8 @@ def bwrap_arguments(bwrap, writable, chdir):
 def pip_wheel_arguments(python, package, version, index_url, wheel_dir,
                         extra_index_urls=(), verbose=True):
     """``pip wheel`` for exactly one release, without its dependencies."""
-    if not _PACKAGE_NAME.fullmatch(package):
-        raise ValueError(f"not a package name: {package!r}")
-    if not _VERSION.fullmatch(version):
-        raise ValueError(f"not a version: {version!r}")
+    # names.InvalidName (a ValueError) unless pip can take NAME==VERSION
+    names.pip_requirement(package, version)
     # --no-binary for the package itself: the point is to build it, not
     # to fetch a wheel its index may already have (build requirements
     # such as setuptools still come as wheels)

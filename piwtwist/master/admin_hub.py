@@ -9,18 +9,18 @@ builders' wheels and are published and recorded the same way.
 """
 
 import os
-import re
 from datetime import datetime, timedelta, timezone
 
 import attrs
 import psycopg2
-from packaging.utils import canonicalize_name, canonicalize_version
+from packaging.utils import canonicalize_version
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from .. import names
 from ..db.pool import DatabaseUnavailable
 from ..db.records import BuildResult
 from ..protocol import admin as proto
@@ -37,8 +37,6 @@ IMPORT_LABEL = "import"
 
 #: The largest imported build log.
 MAX_LOG_BYTES = 64 * 1024 * 1024
-
-_PROJECT_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 
 def admin_listen_description(description):
@@ -60,9 +58,10 @@ def _refuse(message):
 
 def _checked_name(name):
     """The canonical form of a valid project *name*; refused otherwise."""
-    if not _PROJECT_NAME.fullmatch(name or ""):
-        _refuse(f"{name!r} is not a valid project name")
-    return canonicalize_name(name)
+    try:
+        return names.canonical(name)
+    except names.InvalidName as e:
+        _refuse(str(e))
 
 
 def same_version(version, candidates):

@@ -61,6 +61,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from .. import names
 from ..db.client import Database
 from ..db.pool import CONNECTION_ERRORS, DatabaseUnavailable
 from ..pypi.http import (
@@ -469,9 +470,8 @@ def remove_published_files(output_path, doomed):
     problems = []
     root = (Path(output_path) / "simple").resolve()
     for package, filename in doomed:
-        if package != canonicalize_name(package) or "/" in filename or \
-                "\\" in filename or filename.startswith(".") or \
-                "\x00" in filename:
+        if not names.is_canonical(package) or \
+                not names.is_safe_path_component(filename):
             problems.append(f"refusing to delete {package}/{filename!r}")
             continue
         directory = root / package

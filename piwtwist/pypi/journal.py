@@ -37,15 +37,16 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 
+from .. import names
+
 #: Roughly where PyPI's journal becomes trustworthy; parked deletions from
 #: before it are kept until the journal is well past it.
 PYPI_EPOCH = 628_000
 PYPI_EPOCH_MARGIN = 2_000
 
 # The database's column sizes.
-MAX_NAME = 200
-MAX_VERSION = 200
-MAX_FILENAME = 255
+MAX_NAME = names.MAX_NAME_LENGTH
+MAX_VERSION = names.MAX_VERSION_LENGTH
 
 _SDIST_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz",
                    ".txz", ".tar", ".zip", ".tar.z", ".tar.lz")
@@ -133,23 +134,18 @@ def classify_file(filename, python_version):
 
 
 def _text(value, what, limit, entry):
-    if not isinstance(value, str) or not value.strip():
-        raise MalformedEntry(f"{what} {value!r} is not a name in {entry!r}")
-    if len(value) > limit:
-        raise MalformedEntry(f"{what} is longer than {limit} characters in "
-                             f"{entry!r:.300}")
-    if any(c in value for c in "\x00\r\n"):
-        raise MalformedEntry(f"{what} holds control characters in "
-                             f"{entry!r:.300}")
-    return value
+    # recorded as PyPI spells it: see piwtwist.names
+    try:
+        return names.check_recorded(value, what, limit)
+    except names.InvalidName as e:
+        raise MalformedEntry(f"{e} in {entry!r:.300}") from None
 
 
 def _filename(value, entry):
-    value = _text(value, "file name", MAX_FILENAME, entry).strip()
-    if "/" in value or "\\" in value or value in (".", ".."):
-        raise MalformedEntry(f"file name {value!r} is not a plain name in "
-                             f"{entry!r}")
-    return value
+    try:
+        return names.check_pypi_filename(value)
+    except names.InvalidName as e:
+        raise MalformedEntry(f"{e} in {entry!r:.300}") from None
 
 
 def parse_entry(entry):

@@ -42,11 +42,7 @@ import time
 from bisect import bisect_left, bisect_right
 from pathlib import Path
 
-from packaging.utils import (
-    InvalidWheelFilename,
-    canonicalize_name,
-    parse_wheel_filename,
-)
+from packaging.utils import canonicalize_name
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -59,6 +55,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from .. import names
 from ..protocol.transfer import (
     DATA_NAMES,
     MAX_FETCH_SIZE,
@@ -85,10 +82,10 @@ PART_SUFFIX = ".part"
 RANGES_SUFFIX = ".ranges"
 _TEMP_SUFFIX = ".tmp"
 #: Longest accepted file name: room for our suffixes within NAME_MAX (255).
-MAX_FILENAME_LENGTH = 255 - len(RANGES_SUFFIX + _TEMP_SUFFIX)
+MAX_FILENAME_LENGTH = names.MAX_FILENAME_LENGTH
+assert MAX_FILENAME_LENGTH + len(RANGES_SUFFIX + _TEMP_SUFFIX) <= \
+    names.MAX_PATH_COMPONENT
 
-_FILENAME_CHARACTERS = re.compile(r"[A-Za-z0-9._+!-]+")
-_CANONICAL_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _HASH_BLOCK = 1024 * 1024
 #: Small pieces wait for this much company before they are written, unless
@@ -572,31 +569,11 @@ class FileReceiver:
     def check_request(self, package, filename, size, sha256):
         """Raise :class:`TransferRefused` unless the request is sane; return
         the canonical project name."""
-        if not isinstance(filename, str) or not filename:
-            raise TransferRefused(f"file name {filename!r} is not a string")
-        for bad in ("/", "\\", "\0", ".."):
-            if bad in filename:
-                raise TransferRefused(
-                    f"file name {filename!r} contains {bad!r}")
-        if filename.startswith("."):
-            raise TransferRefused(f"file name {filename!r} starts with '.'")
-        if len(filename) > MAX_FILENAME_LENGTH:
-            raise TransferRefused(
-                f"file name {filename[:40]!r}... is longer than "
-                f"{MAX_FILENAME_LENGTH} characters")
-        if not _FILENAME_CHARACTERS.fullmatch(filename):
-            raise TransferRefused(
-                f"file name {filename!r} has characters outside "
-                f"A-Z a-z 0-9 . _ + ! -")
         try:
-            name = parse_wheel_filename(filename)[0]
-        except InvalidWheelFilename as exc:
-            raise TransferRefused(
-                f"{filename!r} is not a wheel's file name: {exc}") from None
+            name = names.check_wheel_filename(filename)[0]
+        except names.InvalidName as exc:
+            raise TransferRefused(str(exc)) from None
         canonical = canonicalize_name(name)
-        if not _CANONICAL_NAME.fullmatch(canonical):
-            raise TransferRefused(
-                f"{filename!r} has no valid project name")
         if not isinstance(package, str) or \
                 canonicalize_name(package) != canonical:
             raise TransferRefused(

@@ -8,24 +8,20 @@ another user can read them, whatever the master's umask.
 """
 
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from .. import names
+
 FILE_MODE = 0o644
 DIRECTORY_MODE = 0o755
 
-#: Names the page writer will put in a path: PEP 503 canonical names,
-#: versions, wheel file names, aliases as PyPI spells them.
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!-]*$")
-
-
 def is_safe_name(name):
-    """Whether *name* can be one path component of the output tree (no
-    separators, no dot-files, nothing a shell or URL would choke on)."""
-    return bool(name) and len(name) <= 255 and \
-        _SAFE_NAME.match(name) is not None
+    """Whether *name* (a canonical name, a wheel's file name, an alias as
+    PyPI spells it) can be one path component of the output tree: see
+    :func:`piwtwist.names.is_safe_path_component`."""
+    return names.is_safe_path_component(name)
 
 
 def simple_dir(output, package):
