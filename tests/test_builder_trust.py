@@ -260,7 +260,7 @@ async def test_a_claim_after_a_reconnection_needs_the_ticket(
     holder = await master.connect(label="pi-holder")
     work = await master.work(holder)
     package = work["package"]
-    assert len(work["ticket"]) == 32
+    assert len(work["ticket"]) == 48
     holder.transport.loseConnection()
     await holder.lost
     await master.wait(lambda: master.hub._orphans, "the orphan")
@@ -301,7 +301,7 @@ async def test_a_claim_of_something_never_handed_out(master, events,
                                                      tmp_path):
     liar = await master.connect(label="pi-liar", current_package="foo",
                                 current_version="1.0",
-                                current_ticket="f" * 32)
+                                current_ticket="f" * 48)
     assert liar.answer["resumed"] is False
     assert logged(events, "pi-liar", "127.0.0.1", "foo", "refused")
     assert master.queue.held() == {}
@@ -535,4 +535,8 @@ async def test_a_refused_resume_makes_the_builder_discard_its_job(
         assert running.stopped == ["the master does not expect it"]
         assert logged(events, "pi-restarted", "foo", "refused")
     finally:
+        # stopService calls back the sleep's deferLater, whose timer would
+        # then fire it again (AlreadyCalledError): let the cancellation of
+        # the main loop end the sleep instead
+        builder._wake = defer.Deferred()
         await builder.stopService()

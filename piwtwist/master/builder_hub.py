@@ -14,6 +14,7 @@ published bytes; a build log is bounded.
 """
 
 import hashlib
+import hmac
 import os
 import secrets
 from datetime import timedelta
@@ -40,6 +41,24 @@ from .published_wheels import (DEFAULT_PLATFORM_ALIASES, alias_names,
 #: The largest build log accepted (builders send the head and tail of
 #: bigger ones).
 MAX_LOG_BYTES = proto.MAX_LOG_BYTES
+
+
+def load_ticket_key(path):
+    """The master's own key for build tickets, kept in *path* (mode 0600,
+    created at first use) so that tickets outlive a restart.  Builders
+    never see it, unlike the shared secret."""
+    path = Path(path)
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        key = secrets.token_bytes(32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(key)
+    if len(key) < 16:
+        raise ValueError(f"{path} holds no usable ticket key")
+    return key
 
 
 @attrs.define
@@ -280,8 +299,10 @@ class BuilderHub(service.Service):
 
     def __init__(self, db, queue, receiver, clock, secret, output_path,
                  index_url, extra_index_urls=(), platform_aliases=None,
-                 idle_delay=10.0, hello_timeout=30.0, stop_grace=60.0):
+                 idle_delay=10.0, hello_timeout=30.0, stop_grace=60.0,
+                 ticket_key=None):
         self.db = db
+        self.ticket_key = ticket_key or secrets.token_bytes(32)
         self.queue = queue
         self.receiver = receiver
         self.clock = clock
@@ -368,17 +389,25 @@ class BuilderHub(service.Service):
         abi = connection.info.abi_tag
         key = (abi, package, version)
         orphan = self._orphans.get(key)
-        if orphan is None or not isinstance(ticket, str) or \
-                orphan.ticket is None or \
-                not secrets.compare_digest(orphan.ticket.encode("ascii"),
-                                           ticket.encode("utf-8")):
+        if not self._ticket_valid(key, ticket) or (
+                orphan is not None and not hmac.compare_digest(
+                    orphan.ticket or "", ticket)):
             connection.refuse(
-                "it claims {package} {version} for {abi}, which it does "
-                "not hold ({why})", package=package, version=version,
-                abi=abi, why="no such build is waiting for its builder"
-                if orphan is None else "wrong ticket")
+                "it claims {package} {version} for {abi} with a ticket "
+                "that is {what}", package=package, version=version, abi=abi,
+                what="missing" if not ticket else "not the one handed out")
             return False
-        entry = orphan.entry
+        if orphan is None:
+            # handed out before a restart of the master (the ticket says
+            # so): the builder may finish it unless it is taken or done
+            entry = QueueEntry(abi_tag=abi, package=package,
+                               version=version, released=None)
+            if key in self._recording or not self.queue.is_wanted(entry):
+                connection.refuse("{package} {version} is no longer wanted",
+                                  package=package, version=version)
+                return False
+        else:
+            entry = orphan.entry
         holder = self.queue.holder(entry)
         if holder is not None and holder is not connection and \
                 holder.info.builder_id in self.connections:
@@ -386,13 +415,32 @@ class BuilderHub(service.Service):
             connection.refuse("{package} {version} went to another builder",
                               package=package, version=version)
             return False
-        del self._orphans[key]
-        if orphan.expiry.active():
-            orphan.expiry.cancel()
+        if orphan is not None:
+            del self._orphans[key]
+            if orphan.expiry.active():
+                orphan.expiry.cancel()
         self.queue.hold(entry, connection)
         self._assign(connection, entry, started=self.clock.seconds(),
-                     ticket=orphan.ticket)
+                     ticket=ticket)
         return True
+
+    def _new_ticket(self, key):
+        """A ticket for handing out *key*: a nonce and the master's MAC of
+        it with the build, so that it can be checked even after a restart
+        and cannot be made up by anyone who only knows the shared secret."""
+        nonce = secrets.token_hex(8)
+        return nonce + self._ticket_mac(key, nonce)
+
+    def _ticket_mac(self, key, nonce):
+        message = "\0".join((*key, nonce)).encode("utf-8")
+        return hmac.new(self.ticket_key, message,
+                        hashlib.sha256).hexdigest()[:32]
+
+    def _ticket_valid(self, key, ticket):
+        if not isinstance(ticket, str) or len(ticket) != 48:
+            return False
+        nonce, mac = ticket[:16], ticket[16:]
+        return hmac.compare_digest(self._ticket_mac(key, nonce), mac)
 
     def _assign(self, connection, entry, started, ticket):
         connection.info.entry = entry
@@ -429,7 +477,8 @@ class BuilderHub(service.Service):
         if entry is None:
             state.status = "idle"
             return {"action": proto.SLEEP, "delay": self.idle_delay}
-        ticket = secrets.token_hex(16)
+        ticket = self._new_ticket((entry.abi_tag, entry.package,
+                                   entry.version))
         self._assign(connection, entry, started=self.clock.seconds(),
                      ticket=ticket)
         self.log.info("builder {id} ({label}) builds {package} {version} "

@@ -26,7 +26,8 @@ from ..web.server import site as web_site
 from ..web.statistics import SiteStatistics
 from .admin_hub import AdminHub, admin_listen_description
 from .build_queue import BuildQueue
-from .builder_hub import DEFAULT_PLATFORM_ALIASES, BuilderHub
+from .builder_hub import (DEFAULT_PLATFORM_ALIASES, BuilderHub,
+                          load_ticket_key)
 from .pypi_follower import new_pypi_follower, page_writer_listener
 from .systemd import notify_ready, notify_stopping
 
@@ -151,7 +152,8 @@ class MasterService(service.MultiService):
             self.db, self.queue, self.receiver, reactor, options["secret"],
             output, index_url=options["pypi-simple"],
             platform_aliases=options["platform-aliases"],
-            idle_delay=2.0 if options["dev-mode"] else 10.0)
+            idle_delay=2.0 if options["dev-mode"] else 10.0,
+            ticket_key=load_ticket_key(Path(output) / ".ticket-key"))
         self.hub.setServiceParent(self.dependents)
         strports.service(options["builder-queue"],
                          self.hub.factory()).setServiceParent(self.dependents)
