@@ -75,11 +75,11 @@ async def wait_for(reactor, condition, timeout, what, interval=0.5):
 class Service:
     """One twistd process, its log and its exit."""
 
-    def __init__(self, name, args, directory, user):
+    def __init__(self, name, args, directory, user, twistd=TWISTD):
         self.name = name
         self.directory = Path(directory)
         self.log_path = self.directory / f"{name}.log"
-        command = [str(TWISTD), "-n", "--pidfile=",
+        command = [str(twistd), "-n", "--pidfile=",
                    f"--logfile={self.log_path}", *args]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "HOME": str(self.directory), "LANG": "C.UTF-8"}
@@ -162,7 +162,8 @@ class Deployment:
         self.services.append(master)
         return master
 
-    def start_builder(self, label, *extra):
+    def start_builder(self, label, *extra, twistd=TWISTD):
+        """A builder; *twistd* may be another installation's."""
         directory = self.root / label
         directory.mkdir(exist_ok=True)
         own(directory, self.user)
@@ -170,7 +171,7 @@ class Deployment:
             "piwheels-builder", "-c", os.devnull,
             "-m", f"127.0.0.1:{self.port}", "-d", str(directory / "build"),
             "-L", label, "--secret-file", str(self.secret), *extra,
-        ], directory, self.user)
+        ], directory, self.user, twistd)
         self.services.append(builder)
         return builder
 
