@@ -24,8 +24,8 @@ from twisted.logger import globalLogPublisher
 from piwtwist.builder import sandbox
 from piwtwist.builder.sandbox import (
     BuildOutcome, format_duration, run_build, start_build)
-from piwtwist.builder.wheel_info import inspect_wheel
-from piwtwist.db.records import Dependency
+from piwtwist.records import Dependency
+from piwtwist.wheels import inspect_wheel
 from tests import sdists
 
 BWRAP = shutil.which("bwrap")

@@ -14,10 +14,10 @@ import zipfile
 
 import pytest
 
-from piwtwist.builder.wheel_info import (
+from piwtwist.records import BuildFile, Dependency
+from piwtwist.wheels import (
     ElfDynamic, ElfError, WheelError, dpkg_packages, glob_escape,
     inspect_wheel, packages_from_dpkg_output, read_elf_dynamic)
-from piwtwist.db.records import BuildFile, Dependency
 
 READELF = shutil.which("readelf")
 DPKG = shutil.which("dpkg")

@@ -14,9 +14,9 @@ from packaging.utils import canonicalize_name
 from twisted.python import usage
 
 from ..builder.tap import parse_duration
-from ..builder.wheel_info import WheelError, inspect_wheel
 from ..protocol import admin as proto
 from ..protocol.builder import LOG_CHUNK, wheel_facts
+from ..wheels import WheelError, inspect_wheel
 from .client import AdminOptions, ToolFailure, connect, run_admin_tool
 
 MAX_LOG_BYTES = 64 * 1024 * 1024

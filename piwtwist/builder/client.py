@@ -23,9 +23,9 @@ from twisted.protocols import amp
 from .. import __version__
 from ..protocol import builder as proto
 from ..transfer.sender import FileSender, FileSenderResponders
+from ..wheels import WheelError, inspect_wheel
 from . import machine
 from .sandbox import start_build
-from .wheel_info import WheelError, inspect_wheel
 
 
 @attrs.define

@@ -1,12 +1,16 @@
 """Plain values that go into and come out of the database functions.
 
 Services pass these around instead of rows, so nothing outside ``piwtwist.db``
-depends on column order or on the database driver.
+depends on column order or on the database driver.  The values builders and
+admin tools send too (:class:`BuildFile`, :class:`Dependency`) live in
+:mod:`piwtwist.records` and are re-exported here.
 """
 
 from datetime import date, datetime, timedelta
 
 import attrs
+
+from ..records import BuildFile, Dependency  # noqa: F401 (re-exported)
 
 
 @attrs.frozen
@@ -29,30 +33,6 @@ class QueueEntry:
 class Alias:
     name: str
     seen: datetime
-
-
-@attrs.frozen
-class BuildFile:
-    """A wheel a build produced, as recorded (and as a builder reports it)."""
-
-    filename: str
-    filesize: int
-    filehash: str
-    package_tag: str
-    package_version_tag: str
-    py_version_tag: str
-    abi_tag: str
-    platform_tag: str
-    requires_python: str = ""
-    location: str = ""
-
-
-@attrs.frozen
-class Dependency:
-    """Something a wheel needs: ``tool`` is apt, pip or unresolved."""
-
-    tool: str
-    dependency: str
 
 
 @attrs.frozen

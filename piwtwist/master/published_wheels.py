@@ -9,10 +9,10 @@ sender said about it only has to agree.
 import os
 
 import attrs
-from packaging.utils import (InvalidWheelFilename, canonicalize_name,
-                            canonicalize_version, parse_wheel_filename)
+from packaging.utils import canonicalize_name, canonicalize_version
 
-from ..db.records import BuildFile, Dependency
+from .. import names
+from ..records import BuildFile, Dependency
 from ..transfer.receiver import check_same_bytes
 
 #: One armv7l build serves armv6l too: Raspberry Pi OS runs the same
@@ -27,10 +27,11 @@ NAME_FACTS = ("package_tag", "package_version_tag", "py_version_tag",
 
 def filename_facts(filename):
     """The :data:`NAME_FACTS` of a wheel's *filename*, or None when it is
-    not a valid wheel file name."""
+    a wheel file name piwtwist refuses
+    (:func:`piwtwist.names.check_wheel_filename`)."""
     try:
-        parse_wheel_filename(filename)
-    except InvalidWheelFilename:
+        names.check_wheel_filename(filename)
+    except names.InvalidName:
         return None
     parts = filename[:-len(".whl")].split("-")
     return dict(zip(NAME_FACTS, (parts[0], parts[1], *parts[-3:])))

@@ -188,7 +188,7 @@ WHEEL_FACTS = [
 
 def wheel_facts(build_file, dependencies):
     """The :data:`WHEEL_FACTS` of a wheel, from its
-    :class:`~piwtwist.db.records.BuildFile` and dependencies."""
+    :class:`~piwtwist.records.BuildFile` and dependencies."""
     return {
         "filename": build_file.filename,
         "filesize": build_file.filesize,

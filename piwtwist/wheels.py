@@ -6,7 +6,9 @@ shared objects' ``DT_NEEDED`` entries are read by a small ELF parser here
 finds reach ``dpkg -S`` to name the Debian packages a user must install.
 
 :func:`inspect_wheel` is synchronous and may take seconds on a large wheel;
-the builder runs it in a thread.
+the builder runs it in a thread.  It lives outside :mod:`piwtwist.builder`
+because ``piw-import`` reads wheels built elsewhere the same way, and
+outside :mod:`piwtwist.db` because builders never touch the database.
 """
 
 import hashlib
@@ -24,10 +26,10 @@ from pathlib import Path, PurePosixPath
 import attrs
 from packaging.metadata import parse_email
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import (
-    InvalidWheelFilename, canonicalize_name, parse_wheel_filename)
+from packaging.utils import canonicalize_name
 
-from piwtwist.db.records import BuildFile, Dependency
+from . import names
+from .records import BuildFile, Dependency
 
 ELF_MAGIC = b"\x7fELF"
 HASH_CHUNK = 1 << 20
@@ -40,8 +42,6 @@ DT_NULL, DT_NEEDED, DT_STRTAB, DT_STRSZ, DT_SONAME = 0, 1, 5, 10, 14
 PN_XNUM = 0xFFFF
 
 _LIBPYTHON = re.compile(r"libpython\d+(\.\d+)*[a-z]*\.so")
-_REQUIREMENT_NAME = re.compile(
-    r"\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)")
 
 
 class WheelError(Exception):
@@ -322,8 +322,8 @@ def inspect_wheel(path, find_packages=dpkg_packages):
     """
     path = Path(path)
     try:
-        name = parse_wheel_filename(path.name)[0]
-    except InvalidWheelFilename as error:
+        name = names.check_wheel_filename(path.name)[0]
+    except names.InvalidName as error:
         raise WheelError(f"{path.name}: {error}") from None
     parts = path.name[:-len(".whl")].split("-")
     try:
@@ -378,8 +378,8 @@ def _requirement_name(text):
         return canonicalize_name(Requirement(text).name)
     except InvalidRequirement:
         # keep what a person would: the leading name of an odd line
-        match = _REQUIREMENT_NAME.match(text)
-        return canonicalize_name(match.group(1)) if match else None
+        name = names.project_name_prefix(text)
+        return canonicalize_name(name) if name else None
 
 
 def _needed_sonames(archive):
