@@ -25,7 +25,7 @@ from ..protocol import builder as proto
 from ..transfer.sender import FileSender, FileSenderResponders
 from ..wheels import WheelError, inspect_wheel
 from . import machine
-from .sandbox import start_build
+from .sandbox import FIND_BWRAP, could_not_start, start_build
 
 
 @attrs.define
@@ -76,7 +76,8 @@ class BuilderService(service.MultiService):
 
     def __init__(self, reactor, endpoint, secret, build_dir, label="",
                  build_timeout=3 * 3600.0, busy_timeout=300.0,
-                 memory_limit=None, ping_interval=None):
+                 memory_limit=None, ping_interval=None, limits=None,
+                 hidden=(), bwrap=FIND_BWRAP):
         super().__init__()
         self.reactor = reactor
         self.secret = secret
@@ -85,6 +86,11 @@ class BuilderService(service.MultiService):
         self.build_timeout = build_timeout
         self.busy_timeout = busy_timeout
         self.memory_limit = memory_limit
+        #: what builds may use and must not see, and the sandbox (None:
+        #: --no-sandbox)
+        self.limits = limits
+        self.hidden = tuple(hidden)
+        self.bwrap = bwrap
         self.ping_interval = ping_interval or max(1.0, busy_timeout / 5)
         self.facts = machine.machine_facts()
         self.file_sender = FileSender()
@@ -206,6 +212,21 @@ class BuilderService(service.MultiService):
                 await self._pause(5.0)
             except defer.CancelledError:
                 return
+            except Exception:
+                # our own fault (a wheel gone from disk, say): report the
+                # build as failed rather than try the same thing forever
+                self.log.failure("the builder's main loop stumbled")
+                self._give_up_on_job()
+                await self._pause(5.0)
+
+    def _give_up_on_job(self):
+        job = self.job
+        if job is not None and job.outcome is not None and job.outcome.status:
+            self.file_sender.clear()
+            job.wheels = []
+            job.outcome = attrs.evolve(
+                job.outcome, status=False, wheels=(),
+                reason="the builder could not report its wheels")
 
     async def _step(self, connection):
         job = self.job
@@ -240,29 +261,41 @@ class BuilderService(service.MultiService):
         self.job = job
         self.log.info("building {package} {version}", package=job.package,
                       version=job.version)
-        job.running = start_build(
-            self.reactor, job.package, job.version, job.index_url,
-            self.build_dir, timeout=self.build_timeout,
-            memory_limit=self.memory_limit,
-            extra_index_urls=job.extra_index_urls)
+        building = defer.Deferred.fromCoroutine(self._build(job))
+        building.addBoth(lambda _: self._wake_up())
+
+    async def _build(self, job):
+        """Build *job* and leave its outcome in it; whatever goes wrong
+        becomes a failed build with a reason (reported like any other), so
+        the builder never holds a job it cannot finish."""
         pinger = task.LoopingCall(self._ping)
         pinger.clock = self.reactor
         pinger.start(self.ping_interval, now=False)
-
-        def finished(outcome):
+        try:
+            try:
+                job.running = start_build(
+                    self.reactor, job.package, job.version, job.index_url,
+                    self.build_dir, timeout=self.build_timeout,
+                    memory_limit=self.memory_limit,
+                    extra_index_urls=job.extra_index_urls,
+                    limits=self.limits, hidden=self.hidden, bwrap=self.bwrap)
+            except Exception as e:
+                self.log.warn("could not start building {package} "
+                              "{version}: {error}", package=job.package,
+                              version=job.version, error=e)
+                outcome = could_not_start(job.package, job.version, e)
+            else:
+                outcome = await job.running.wait()
+            await self._inspect(job, outcome)
+        except Exception as e:
+            self.log.failure("building {package} {version} failed",
+                             package=job.package, version=job.version)
+            job.wheels = []
+            job.outcome = could_not_start(job.package, job.version,
+                                          f"internal error: {e}")
+        finally:
             if pinger.running:
                 pinger.stop()
-            return defer.Deferred.fromCoroutine(self._inspect(job, outcome))
-
-        def broke(failure):
-            if pinger.running:
-                pinger.stop()
-            self.log.failure("the build machinery failed", failure)
-            self.job = None
-
-        result = job.running.wait()
-        result.addCallbacks(finished, broke)
-        result.addBoth(lambda _: self._wake_up())
 
     async def _inspect(self, job, outcome):
         facts = []
@@ -308,14 +341,19 @@ class BuilderService(service.MultiService):
             self._wake.callback(None)
 
     async def _pause(self, seconds, connection=None):
-        self._wake = task.deferLater(self.reactor, seconds, lambda: None)
-        waits = [self._wake]
+        """Wait *seconds*, or less when woken (a stop) or the connection
+        drops."""
+        wake = self._wake = defer.Deferred()
+        timer = self.reactor.callLater(seconds, self._wake_up)
+        waits = [wake]
         if connection is not None:
             waits.append(connection.lost)
-        await defer.DeferredList(waits, fireOnOneCallback=True,
-                                 consumeErrors=True)
-        if not self._wake.called:
-            self._wake.cancel()
+        try:
+            await defer.DeferredList(waits, fireOnOneCallback=True,
+                                     consumeErrors=True)
+        finally:
+            if timer.active():
+                timer.cancel()
 
     async def _report(self, connection, job):
         outcome = job.outcome

@@ -1,16 +1,20 @@
 """Run one ``pip wheel`` build in a throwaway sandbox.
 
-A build runs code from the internet, so it gets a fresh, empty HOME and
-TMPDIR (deleted afterwards, so nothing it leaves there reaches the next
-build), a clean environment, a session and process group of its own (so that
-a timeout, a stop or a shutdown kills everything it started, not just pip),
-an optional address-space limit (``prlimit --as``) and, where bubblewrap is
-installed, a read-only view of the machine in which only its own directories
-are writable and from whose pid namespace nothing outlives the build.
+A build runs code from the internet (docs/security.md says what that code
+may do and what stops it), so it gets a fresh, empty HOME and TMPDIR
+(deleted afterwards, so nothing it leaves there reaches the next build), a
+clean environment, a session and process group of its own (so that a
+timeout, a stop or a shutdown kills everything it started, not just pip),
+limits it cannot lift (address space, processes, file size, wall time, disk
+and log size) and, under bubblewrap, a view of the machine made of the
+system directories, read-only, and its own directories: the builder's
+secret, configuration, HOME, other builds and every UNIX socket of the host
+are simply not there, and nothing outlives the build's pid namespace.
 
 Output goes straight from the child into a log file (stdout and stderr share
-one open file, so their order is kept and nothing is lost or truncated); no
-pipe ties the reactor to whatever the build leaves running.
+one open file, so their order is kept); no pipe ties the reactor to
+whatever the build leaves running. An oversized log keeps its head and its
+tail.
 
 ``start_build`` spawns the process and returns a :class:`RunningBuild` at
 once (its ``stop()`` is what a master "stop" or a shutdown calls);
@@ -26,6 +30,7 @@ import sys
 import tempfile
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -42,6 +47,18 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KILL_GRACE = 10.0
 SIGNAL_RETRY = 0.05
 FIND_BWRAP = "find"
+#: How often a running build's disk and log are measured.
+CHECK_INTERVAL = 2.0
+#: Log bytes kept of an oversized log: this much of its head and of its
+#: tail; what the master receives is bounded by twice this.
+LOG_KEEP = 1024 * 1024
+#: A build may print this much before it is stopped.
+DEFAULT_LOG_LIMIT = 256 * 1024 * 1024
+#: Processes (threads count too) the builder's user may have while a build
+#: runs: enough for a parallel compile, not for a fork bomb.
+DEFAULT_PROCESS_LIMIT = 1024
+#: A build fails when its file system has less than this left.
+DISK_RESERVE = 128 * 1024 * 1024
 
 # What a program says when an address-space limit bites.
 _OUT_OF_MEMORY_SIGNS = (
@@ -52,7 +69,6 @@ _OUT_OF_MEMORY_SIGNS = (
     "virtual memory exhausted",
     "failed to map segment",
 )
-_warned = set()
 
 
 @attrs.frozen
@@ -99,32 +115,155 @@ def format_size(size):
         size /= 1024
 
 
+class SandboxUnavailable(Exception):
+    """bubblewrap is needed and missing."""
+
+
+NO_BWRAP_MESSAGE = (
+    "bubblewrap (bwrap) is not installed, and builds run strangers' code: "
+    "install it (apt-get install bubblewrap) or, knowing that a build can "
+    "then read everything this user can, pass --no-sandbox")
+
+
 def find_bwrap(path=None):
-    """The bubblewrap binary, or None (saying so once) when it is absent."""
-    found = shutil.which("bwrap", path=path or os.environ.get("PATH"))
-    if found is None and "bwrap" not in _warned:
-        _warned.add("bwrap")
-        log.warn("bubblewrap (bwrap) is not installed: builds run without a "
-                 "read-only view of this machine; apt-get install bubblewrap")
-    return found
+    """The bubblewrap binary, or None when it is absent."""
+    return shutil.which("bwrap", path=path or os.environ.get("PATH"))
 
 
-def bwrap_arguments(bwrap, writable, chdir):
-    """bubblewrap's command line: the machine read-only, *writable* not, a
-    fresh /dev and /proc, a pid namespace that dies with the build, no
-    capabilities even when the builder runs as root; network shared, since
-    pip needs the index."""
-    arguments = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev",
-                 "--proc", "/proc"]
-    for directory in writable:
-        arguments += ["--bind", str(directory), str(directory)]
-    arguments += ["--unshare-pid", "--unshare-ipc", "--die-with-parent"]
-    if os.geteuid() == 0:
+#: Read-only in every build: what programs need to run. /etc is there for
+#: the resolver, certificates and the dynamic linker; what an operator of
+#: piwtwist keeps in it is hidden (see ALWAYS_HIDDEN).
+SYSTEM_DIRECTORIES = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
+                      "/libx32", "/etc", "/sys")
+#: Fresh, empty and small in every build (besides /dev and /proc): they
+#: live in memory. /tmp and /var/tmp are the build's own TMPDIR instead,
+#: on the build's disk, where its disk limit counts them.
+EMPTY_DIRECTORIES = {"/run": 16 << 20, "/var": 16 << 20,
+                     "/dev/shm": 64 << 20}
+#: Hidden whatever the builder was told: where piwtwist's secret and
+#: configuration live on any machine (a master may share the host).
+ALWAYS_HIDDEN = ("/etc/piwheels", "/etc/piwheels.conf",
+                 "/usr/local/etc/piwheels.conf")
+
+
+def _under(path, roots):
+    return any(path == root or path.startswith(root.rstrip("/") + "/")
+               for root in roots)
+
+
+#: Where a build finds its own directories under bubblewrap, whatever the
+#: builder's build directory is: it learns nothing of the host's layout.
+INSIDE_BUILD = "/build"
+INSIDE_HOME = "/build/home"
+INSIDE_WHEELS = "/build/wheels"
+
+
+def bwrap_arguments(bwrap, binds, chdir, readable=(), hidden=(), root=None):
+    """bubblewrap's command line.
+
+    The build sees the system directories read-only, *readable* read-only
+    (the interpreter's prefix, a ``file:`` index), each ``(host, inside)``
+    pair of *binds* read-write at its inside path, and fresh, empty /run,
+    /var, /dev/shm, /dev and /proc, and /tmp and /var/tmp unless *binds*
+    gives them; *hidden* paths (and :data:`ALWAYS_HIDDEN`) are replaced by
+    empty ones wherever they would otherwise show. It runs in pid, IPC and
+    (unless the builder is root, which drops every capability instead) user
+    namespaces of its own, may not make further user namespaces, and dies
+    with the builder. The network is shared: pip needs the index.
+    """
+    root = os.geteuid() == 0 if root is None else root
+    arguments = [bwrap, "--unshare-pid", "--unshare-ipc",
+                 "--die-with-parent"]
+    if root:
         # root keeps every capability inside bwrap unless told otherwise,
         # and could simply remount / read-write
         arguments += ["--cap-drop", "ALL"]
+    else:
+        arguments += ["--unshare-user", "--disable-userns"]
+    visible = []
+    for directory in SYSTEM_DIRECTORIES:
+        if os.path.islink(directory):
+            arguments += ["--symlink", os.readlink(directory), directory]
+        elif os.path.isdir(directory):
+            arguments += ["--ro-bind", directory, directory]
+            visible.append(directory)
+    arguments += ["--dev", "/dev", "--proc", "/proc"]
+    for directory, size in EMPTY_DIRECTORIES.items():
+        arguments += ["--size", str(size), "--tmpfs", directory]
+    arguments += ["--symlink", "../run", "/var/run"]
+    # a resolv.conf that points into /run (systemd-resolved) keeps its
+    # target, and with it name resolution
+    resolver = os.path.realpath("/etc/resolv.conf")
+    if _under(resolver, ["/run", "/var"]) and os.path.isfile(resolver):
+        arguments += ["--ro-bind", resolver, resolver]
+    given = dict((inside, host) for host, inside in binds)
+    for directory in ("/tmp", "/var/tmp"):
+        if directory in given:
+            arguments += ["--bind", str(given.pop(directory)), directory]
+        else:
+            arguments += ["--size", str(EMPTY_DIRECTORIES["/dev/shm"]),
+                          "--tmpfs", directory]
+    for directory in readable:
+        directory = os.path.realpath(directory)
+        if directory != "/" and os.path.isdir(directory) and \
+                not _under(directory, visible):
+            arguments += ["--ro-bind", directory, directory]
+            visible.append(directory)
+    for inside, host in given.items():
+        arguments += ["--bind", str(host), str(inside)]
+    for path in _hidden_paths(hidden):
+        if not _under(path, visible):
+            continue
+        if os.path.isdir(path):
+            arguments += ["--tmpfs", path, "--remount-ro", path]
+        else:
+            arguments += ["--ro-bind", os.devnull, path]
     arguments += ["--chdir", str(chdir), "--"]
     return arguments
+
+
+def _hidden_paths(hidden):
+    """Each path to hide, as given and with its links resolved."""
+    seen = []
+    for path in (*ALWAYS_HIDDEN, *hidden):
+        if not path:
+            continue
+        for form in (os.path.abspath(os.path.expanduser(str(path))),
+                     os.path.realpath(os.path.expanduser(str(path)))):
+            if form not in seen and os.path.lexists(form) and \
+                    not os.path.islink(form):
+                seen.append(form)
+    return seen
+
+
+def interpreter_paths(python):
+    """What the build must be able to read to run *python*: its
+    environment (a venv's directory) and the installation behind it."""
+    paths = []
+    if os.path.abspath(python) == os.path.abspath(sys.executable):
+        paths += [sys.prefix, sys.exec_prefix, sys.base_prefix,
+                  sys.base_exec_prefix]
+    for form in (os.path.abspath(python), os.path.realpath(python)):
+        directory = os.path.dirname(form)
+        if os.path.basename(directory) == "bin":
+            directory = os.path.dirname(directory)
+        paths.append(directory)
+    unique = []
+    for path in paths:
+        if path not in unique and path != "/":
+            unique.append(path)
+    return unique
+
+
+def index_paths(urls):
+    """The directories behind ``file:`` index URLs, which a build must
+    read."""
+    paths = []
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme == "file" and parts.path:
+            paths.append(unquote(parts.path).rstrip("/") or "/")
+    return paths
 
 
 def pip_wheel_arguments(python, package, version, index_url, wheel_dir,
@@ -150,6 +289,57 @@ def pip_wheel_arguments(python, package, version, index_url, wheel_dir,
     if verbose:
         arguments.append("--verbose")
     return arguments
+
+
+@attrs.frozen
+class Limits:
+    """What a build may use; None is no limit. Sizes in bytes.
+
+    *memory* is address space (``RLIMIT_AS``), *processes* the builder
+    user's processes and threads (``RLIMIT_NPROC``), *disk* what the build
+    may write into its own directories (also the largest single file,
+    ``RLIMIT_FSIZE``), *log* how much it may print.
+    """
+
+    memory: int | None = None
+    processes: int | None = DEFAULT_PROCESS_LIMIT
+    disk: int | None = None
+    log: int | None = DEFAULT_LOG_LIMIT
+
+    @classmethod
+    def defaults(cls, build_dir, memory=None, processes=None, disk=None,
+                 log=None):
+        """Limits with sensible values from this machine where not given:
+        memory as much as the machine has, disk half of the build
+        directory's file system."""
+        if memory is None:
+            memory = physical_memory()
+        if disk is None:
+            try:
+                disk = disk_size(build_dir) // 2 or None
+            except OSError:
+                disk = None
+        return cls(memory=memory,
+                   processes=processes or DEFAULT_PROCESS_LIMIT, disk=disk,
+                   log=log or DEFAULT_LOG_LIMIT)
+
+
+def physical_memory():
+    """This machine's RAM in bytes, or None where it cannot be told."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None
+
+
+def disk_size(path):
+    """The size of the file system holding *path* (or its nearest existing
+    parent)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    stats = os.statvfs(path)
+    return stats.f_blocks * stats.f_frsize
 
 
 def build_environment(home, tmp, path=None):
@@ -182,55 +372,95 @@ def _tool(name, path):
 def start_build(reactor, package, version, index_url, build_dir, timeout,
                 memory_limit=None, extra_index_urls=(), python=sys.executable,
                 *, bwrap=FIND_BWRAP, kill_grace=KILL_GRACE, verbose=True,
-                path=None):
+                path=None, limits=None, hidden=()):
     """Start building *package* *version* and return its
     :class:`RunningBuild`.
 
     *timeout* is seconds or a :class:`~datetime.timedelta` (None: none);
-    *memory_limit* is bytes of address space; *bwrap* is the bubblewrap
-    binary, ``FIND_BWRAP`` to look for it on PATH, or None not to use it;
-    *path* is the build's PATH (default: the builder's own).
+    *limits* are the build's :class:`Limits` (*memory_limit*, bytes of
+    address space, overrides its memory); *bwrap* is the bubblewrap
+    binary, ``FIND_BWRAP`` to look for it on PATH (raising
+    :class:`SandboxUnavailable` when it is missing), or None to run
+    without a sandbox; *hidden* are paths the build must not see (the
+    builder's secret, configuration and HOME); *path* is the build's PATH
+    (default: the builder's own).
     """
     if isinstance(timeout, timedelta):
         timeout = timeout.total_seconds()
+    limits = limits or Limits()
+    if memory_limit is not None:
+        limits = attrs.evolve(limits, memory=memory_limit)
     path = path or os.environ.get("PATH") or DEFAULT_PATH
     build_dir = Path(os.path.realpath(build_dir))
     build_dir.mkdir(parents=True, exist_ok=True)
-    sandbox_text = "bubblewrap" if bwrap else "none"
+    sandbox_text = "bubblewrap" if bwrap else "none (--no-sandbox)"
     if bwrap == FIND_BWRAP:
         bwrap = find_bwrap(path)
-        sandbox_text = "bubblewrap" if bwrap else "none (bwrap not installed)"
+        if bwrap is None:
+            raise SandboxUnavailable(NO_BWRAP_MESSAGE)
+    if not bwrap:
+        log.warn("building {package} {version} without a sandbox: it can "
+                 "read and write everything this builder can",
+                 package=package, version=version)
+    pip_command = pip_wheel_arguments(python, package, version, index_url,
+                                      "WHEEL_DIR", extra_index_urls, verbose)
     prefix = [_tool("setsid", path)]
-    if memory_limit is not None:
-        prefix += [_tool("prlimit", path), f"--as={int(memory_limit)}", "--"]
+    resource_limits = [f"--{name}={int(value)}" for name, value in (
+        ("as", limits.memory), ("nproc", limits.processes),
+        ("fsize", limits.disk)) if value]
+    if resource_limits:
+        prefix += [_tool("prlimit", path), *resource_limits, "--"]
 
-    sandbox = Path(tempfile.mkdtemp(prefix="build-", dir=build_dir))
-    output_dir = Path(tempfile.mkdtemp(prefix="wheels-", dir=build_dir))
-    home, tmp = sandbox / "home", sandbox / "tmp"
-    home.mkdir(mode=0o700)
-    tmp.mkdir(mode=0o700)
+    sandbox = output_dir = None
     try:
-        command = pip_wheel_arguments(python, package, version, index_url,
-                                      output_dir, extra_index_urls, verbose)
+        sandbox = Path(tempfile.mkdtemp(prefix="build-", dir=build_dir))
+        output_dir = Path(tempfile.mkdtemp(prefix="wheels-", dir=build_dir))
+        home, tmp = sandbox / "home", sandbox / "tmp"
+        home.mkdir(mode=0o700)
+        tmp.mkdir(mode=0o700)
         if bwrap:
-            command = bwrap_arguments(bwrap, (sandbox, output_dir),
-                                      home) + command
+            readable = [*interpreter_paths(python),
+                        *index_paths([index_url, *extra_index_urls])]
+            inside_tmp = "/tmp"
+            command = bwrap_arguments(
+                bwrap, [(sandbox, INSIDE_BUILD), (output_dir, INSIDE_WHEELS),
+                        (tmp, "/tmp"), (tmp, "/var/tmp")],
+                INSIDE_HOME, readable=readable, hidden=hidden)
+            wheel_dir, home_inside = INSIDE_WHEELS, INSIDE_HOME
+        else:
+            command, inside_tmp = [], tmp
+            wheel_dir, home_inside = output_dir, home
+        command += [str(wheel_dir) if argument == "WHEEL_DIR" else argument
+                    for argument in pip_command]
         command = prefix + command
         header = (
             f"# piwtwist: pip wheel {package}=={version}; timeout "
             f"{format_duration(timeout) if timeout else 'none'}; memory limit "
-            f"{format_size(memory_limit) if memory_limit else 'none'}; "
+            f"{format_size(limits.memory) if limits.memory else 'none'}; "
+            f"disk limit "
+            f"{format_size(limits.disk) if limits.disk else 'none'}; "
             f"sandbox {sandbox_text}"
             f"\n$ {shlex.join(command)}\n")
-        build = RunningBuild(reactor, sandbox, output_dir, header,
-                             memory_limit, bwrap is not None, kill_grace)
-        build.start(command, build_environment(home, tmp, path), home,
+        build = RunningBuild(reactor, sandbox, output_dir, header, limits,
+                             bool(bwrap), kill_grace)
+        build.start(command,
+                    build_environment(home_inside, inside_tmp, path), home,
                     timeout)
     except BaseException:
-        _remove_tree(sandbox)
-        _remove_tree(output_dir)
+        for directory in (sandbox, output_dir):
+            if directory is not None:
+                _remove_tree(directory)
         raise
     return build
+
+
+def could_not_start(package, version, error):
+    """The :class:`BuildOutcome` of a build that never started: a failure
+    whose reason says why, so that the builder reports it and moves on."""
+    reason = f"could not start the build: {error}"
+    return BuildOutcome(
+        status=False, duration=timedelta(0), reason=reason,
+        output=f"# piwtwist: pip wheel {package}=={version}\n# {reason}\n")
 
 
 async def run_build(reactor, package, version, index_url, build_dir, timeout,
@@ -256,15 +486,24 @@ class RunningBuild:
     in its group is killed at once. Under bubblewrap SIGTERM is final:
     bwrap's monitor dies of it and takes the pid namespace with it, which
     is no loss since the sandbox is thrown away.
+
+    Every *check_interval* seconds the build's directories and log are
+    measured (in a thread): a build over its disk or log limit, or one
+    leaving its file system less than :data:`DISK_RESERVE`, is stopped
+    with a reason that says so.
     """
 
-    def __init__(self, reactor, sandbox, output_dir, header, memory_limit,
-                 bwrap_used, kill_grace=KILL_GRACE):
+    def __init__(self, reactor, sandbox, output_dir, header, limits,
+                 bwrap_used, kill_grace=KILL_GRACE,
+                 check_interval=CHECK_INTERVAL):
         self._reactor = reactor
         self._sandbox = sandbox
         self.output_dir = output_dir
         self._header = header
-        self._memory_limit = memory_limit
+        self._limits = limits
+        self._check_interval = check_interval
+        self._checker = None
+        self._checking = False
         self._bwrap_used = bwrap_used
         self._kill_grace = kill_grace
         self._log_file = None
@@ -307,6 +546,49 @@ class RunningBuild:
             self._timeout_call = self._reactor.callLater(
                 timeout, self._terminate,
                 f"timed out after {format_duration(timeout)}")
+        self._checker = self._reactor.callLater(self._check_interval,
+                                                self._check)
+
+    def _check(self):
+        """Measure the build's disk use and log; stop it when over."""
+        self._checker = None
+        if self._reaped or self._kill_reason:
+            return
+        measuring = self._in_thread(self._measure)
+        measuring.addCallback(self._judge_usage)
+        measuring.addErrback(lambda failure: log.failure(
+            "could not measure a build's disk use", failure))
+        measuring.addBoth(self._check_again)
+
+    def _check_again(self, _):
+        if not (self._reaped or self._kill_reason):
+            self._checker = self._reactor.callLater(self._check_interval,
+                                                    self._check)
+
+    def _measure(self):
+        try:
+            used = sum(_tree_size(directory)
+                       for directory in (self._sandbox, self.output_dir))
+            log_size = os.fstat(self._log_file.fileno()).st_size
+            stats = os.statvfs(self._sandbox)
+        except (OSError, ValueError):
+            return None  # the build ended meanwhile
+        return used, log_size, stats.f_bavail * stats.f_frsize
+
+    def _judge_usage(self, measured):
+        if measured is None or self._reaped:
+            return
+        used, log_size, free = measured
+        limits = self._limits
+        if limits.log and log_size > limits.log:
+            self._terminate(f"printed more than {format_size(limits.log)} "
+                            f"of log")
+        elif limits.disk and used > limits.disk:
+            self._terminate(f"wrote more than {format_size(limits.disk)} "
+                            f"to its build directory")
+        elif free < DISK_RESERVE:
+            self._terminate(f"the build directory's disk is full (less "
+                            f"than {format_size(DISK_RESERVE)} left)")
 
     def wait(self):
         """A Deferred that fires with the :class:`BuildOutcome`; cancelling
@@ -358,7 +640,8 @@ class RunningBuild:
         self._reaped = True
         # whatever pip left running dies with it
         self._signal_group(signal.SIGKILL)
-        for call in (self._timeout_call, self._kill_call, self._retry_call):
+        for call in (self._timeout_call, self._kill_call, self._retry_call,
+                     self._checker):
             if call is not None and call.active():
                 call.cancel()
         duration = timedelta(seconds=self._reactor.seconds() - self._started)
@@ -407,8 +690,8 @@ class RunningBuild:
             reason = f"killed by signal {ended.exitCode - 128}"
         else:
             reason = f"exit status {ended.exitCode}"
-        if self._memory_limit and any(sign in text
-                                      for sign in _OUT_OF_MEMORY_SIGNS):
+        if self._limits.memory and any(sign in text
+                                       for sign in _OUT_OF_MEMORY_SIGNS):
             reason = "out of memory?"
         return False, reason
 
@@ -437,10 +720,20 @@ class RunningBuild:
         return deferToThreadPool(self._reactor, get_pool(), function, *args)
 
     def _read_log(self):
+        """The log, or its head and tail around a marker when it is longer
+        than twice :data:`LOG_KEEP`."""
         # our own descriptor: the build may have renamed or replaced the
         # file, but cannot make us read anything else
+        size = os.fstat(self._log_file.fileno()).st_size
         self._log_file.seek(0)
-        return self._log_file.read()
+        if size <= 2 * LOG_KEEP:
+            return self._log_file.read(2 * LOG_KEEP)
+        head = self._log_file.read(LOG_KEEP)
+        self._log_file.seek(size - LOG_KEEP)
+        tail = self._log_file.read(LOG_KEEP)
+        marker = (f"\n# piwtwist: {size - 2 * LOG_KEEP} bytes of log left "
+                  f"out here ({format_size(size)} in all)\n").encode()
+        return head + marker + tail
 
     def _clean_up(self, keep_output):
         self._log_file.close()
@@ -455,6 +748,26 @@ class _BuildProtocol(ProcessProtocol):
 
     def processEnded(self, reason):
         self._build._process_ended(reason)
+
+
+def _tree_size(path):
+    """Bytes of disk the files under *path* take, not following links."""
+    total = 0
+    pending = [str(path)]
+    while pending:
+        try:
+            entries = os.scandir(pending.pop())
+        except OSError:
+            continue  # gone, or the build took its permissions away
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+                except OSError:
+                    pass
+    return total
 
 
 def _remove_tree(path):

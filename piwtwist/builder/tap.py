@@ -14,6 +14,8 @@ from ..logs import add_log_observers
 from ..shared_secret import SecretError, read_secret
 from ..systemd import WatchdogService
 from .client import BuilderService
+from .sandbox import (DEFAULT_LOG_LIMIT, DEFAULT_PROCESS_LIMIT, LOG_KEEP,
+                      NO_BWRAP_MESSAGE, Limits, find_bwrap)
 from .frontend import BuildFrontendError, check_build_frontend
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
@@ -79,9 +81,26 @@ class Options(ToolOptions):
          "How long the master waits for a sign of life while building.",
          parse_duration],
         ["memory-limit", None, None,
-         "The most memory a build may use (e.g. 2G).", parse_size],
+         "The most memory (address space) a build may use (e.g. 2G); "
+         "default: as much as this machine has.", parse_size],
+        ["disk-limit", None, None,
+         "The most a build may write to its build directory (e.g. 20G); "
+         "default: half the build directory's file system.", parse_size],
+        ["process-limit", None, None,
+         "The most processes and threads this builder's user may have "
+         f"while a build runs (default {DEFAULT_PROCESS_LIMIT}).", int],
+        ["log-limit", None, None,
+         "A build that prints more than this is stopped (default "
+         f"{DEFAULT_LOG_LIMIT >> 20}M); only the first and last "
+         f"{LOG_KEEP >> 20}M of a long log are kept.", parse_size],
         ["secret-file", None, "/etc/piwheels/secret",
          "File holding the secret shared with the master."],
+    ]
+
+    optFlags = [
+        ["no-sandbox", None,
+         "Build without bubblewrap (a build can then read and write "
+         "everything this user can; said with every build)."],
     ]
 
     def postOptions(self):
@@ -89,6 +108,11 @@ class Options(ToolOptions):
             raise usage.UsageError(
                 "refusing to run as root: a builder runs other people's "
                 "code; run it as an ordinary user")
+        self["bwrap"] = None if self["no-sandbox"] else find_bwrap()
+        if not self["no-sandbox"] and self["bwrap"] is None:
+            raise usage.UsageError(NO_BWRAP_MESSAGE)
+        if self["process-limit"] is not None and self["process-limit"] < 16:
+            raise usage.UsageError("--process-limit must be at least 16")
         for name, parse in (("timeout", parse_duration),
                             ("busy-timeout", parse_duration)):
             if isinstance(self[name], str):
@@ -107,6 +131,19 @@ class Options(ToolOptions):
             self["build-frontend"] = check_build_frontend()
         except BuildFrontendError as e:
             raise usage.UsageError(str(e))
+
+
+def hidden_paths(options):
+    """What builds must not see of this builder: its secret, every
+    configuration file it read or might read, its log file and its HOME."""
+    paths = [options["secret-file"], *options.config_files_read,
+             *(os.path.expanduser(p) for p in options.default_config_files),
+             os.path.expanduser("~")]
+    if options["config"]:
+        paths.append(options["config"])
+    if options["log-file"]:
+        paths.append(options["log-file"])
+    return [p for p in paths if p and p != "/"]
 
 
 class _LoggingBuilder(BuilderService):
@@ -138,7 +175,11 @@ def makeService(options):
         secret=options["secret"], build_dir=options["build-dir"],
         label=options["label"], build_timeout=options["timeout"],
         busy_timeout=options["busy-timeout"],
-        memory_limit=options["memory-limit"])
+        limits=Limits.defaults(
+            options["build-dir"], memory=options["memory-limit"],
+            processes=options["process-limit"], disk=options["disk-limit"],
+            log=options["log-limit"]),
+        hidden=hidden_paths(options), bwrap=options["bwrap"])
     top = service.MultiService()
     builder.setServiceParent(top)
     # started after the builder (its log observers are in place) and, as
