@@ -9,10 +9,10 @@ outside (files on the host, the published log, the recorded build), and
 the log lines only say why.
 """
 
-import io
-import tarfile
 import textwrap
 from pathlib import Path
+
+from tests.sdists import write_tarball
 
 PYPROJECT = """\
 [build-system]
@@ -191,13 +191,4 @@ def make_sdist(directory, name, version, attack):
         "pyproject.toml": PYPROJECT,
         "hostile_backend.py": backend,
     }
-    path = directory / f"{base}.tar.gz"
-    with tarfile.open(path, "w:gz") as archive:
-        for member, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(f"{base}/{member}")
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = 1700000000
-            archive.addfile(info, io.BytesIO(data))
-    return path
+    return write_tarball(directory / f"{base}.tar.gz", base, files)

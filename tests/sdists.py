@@ -310,7 +310,12 @@ def _write_sdist(directory, name, version, setup_py, extra_files):
                                  f'__version__ = {version!r}\n',
         **extra_files,
     }
-    path = directory / filename
+    return write_tarball(directory / filename, base, files)
+
+
+def write_tarball(path, base, files):
+    """Write *files* (``{member: text}``) under ``base/`` into the
+    gzipped tar at *path*, reproducibly; return *path*."""
     with tarfile.open(path, "w:gz") as archive:
         for member, text in files.items():
             data = text.encode()
