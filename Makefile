@@ -24,12 +24,13 @@ help:
 
 # What the tests need from Debian: required (PostgreSQL's server, Python's
 # venv) and wanted (bubblewrap for the build sandbox, Chromium for the
-# browser test, nginx and Apache for the example configurations; their
-# tests skip without them; gcc and Python's headers, so builders can
-# compile C extensions).  As root everything missing is installed at
-# once; otherwise only the required ones stop us.
+# browser test, nginx and Apache for the example configurations, tmux for
+# the monitor's terminal test; their tests skip without them; gcc and
+# Python's headers, so builders can compile C extensions).  As root
+# everything missing is installed at once; otherwise only the required
+# ones stop us.
 WANTED_TOOLS = bwrap:bubblewrap chromium:chromium nginx:nginx-light \
-	apache2:apache2 gcc:gcc
+	apache2:apache2 gcc:gcc tmux:tmux
 install-system:
 	@required=""; wanted=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
