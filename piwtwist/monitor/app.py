@@ -62,6 +62,7 @@ class MonitorApp:
         self._log_lines = []
         self._draw_call = None
         self._timers = []
+        self._updating = False
         self.header = urwid.Text("", wrap="clip")
         self.table = w.Table()
         self.detail = w.Detail()
@@ -127,7 +128,12 @@ class MonitorApp:
 
     def refresh(self):
         self.header.set_text(w.header_markup(self.model, self.waiting))
-        self.table.update(self.model)
+        self._updating = True
+        try:
+            self.table.update(self.model)
+        finally:
+            self._updating = False
+        self._selection_moved()
         present, key = self.table.selected
         self.detail.update(self.model,
                            self.model.row(key) if present else None)
@@ -164,6 +170,8 @@ class MonitorApp:
         return self.model.builders.get(key)
 
     def _selection_moved(self):
+        if self._updating:
+            return
         row = self._selected_builder()
         key = row.key if row is not None else None
         if key != self._log_key:

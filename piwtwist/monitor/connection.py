@@ -3,7 +3,11 @@
 :class:`MasterConnection` is a service holding a ``ClientService``: it
 connects, reconnects with back-off for as long as the monitor runs, and on
 every connection says ``Hello`` (proving the secret when the master asks),
-then ``Subscribe``.  The master's ``Status`` pieces are answered at once
+then ``Subscribe``.  The greeting runs from ``connectionMade`` rather than
+as ``ClientService``'s ``prepareConnection``: a connection that closes
+after a failed ``prepareConnection`` (a refused secret) trips a state the
+ClientService machine has no transition for (Twisted 24.x), so a refusal
+instead counts towards the back-off through the retry policy.  The master's ``Status`` pieces are answered at once
 and joined into messages for the :class:`~piwtwist.monitor.model.Model`.
 What the operator needs to know about the connection (waiting, connected,
 refused and why) goes to ``on_state(text)``, one sentence at a time.
@@ -44,7 +48,7 @@ class MonitorProtocol(amp.AMP):
 
     def connectionMade(self):
         super().connectionMade()
-        self.link.connecting = self
+        self.link.greet(self)
 
     @proto.Status.responder
     def status(self, message_id, index, count, data):
@@ -77,19 +81,20 @@ class MasterConnection(service.MultiService):
         self.model = model
         self.secret = secret
         self.on_state = on_state or (lambda text: None)
+        backoff = internet.backoffPolicy(
+            initialDelay=initial_delay, factor=1.5, maxDelay=max_delay,
+            jitter=lambda: 0)
         self.protocol = None
-        #: the newest connection, not yet greeted (ClientService hands
-        #: _prepare a proxy of it)
-        self.connecting = None
         self.problem = None
+        #: refusals since the last good connection: they lengthen the
+        #: wait before the next attempt
+        self.refusals = 0
         self.last_heard = None
         self._quiet_check = None
         self.client = internet.ClientService(
             endpoint, Factory.forProtocol(lambda: MonitorProtocol(self)),
-            retryPolicy=internet.backoffPolicy(
-                initialDelay=initial_delay, factor=1.5, maxDelay=max_delay,
-                jitter=lambda: 0),
-            clock=clock, prepareConnection=self._prepare)
+            retryPolicy=lambda attempt: backoff(attempt + self.refusals),
+            clock=clock)
         self.client.setServiceParent(self)
 
     def startService(self):
@@ -113,20 +118,23 @@ class MasterConnection(service.MultiService):
 
     # each connection ------------------------------------------------------
 
-    async def _prepare(self, proxy):
-        connection = self.connecting
-        try:
-            await self._greet(connection)
-        except Refused as e:
-            self._refused(connection, str(e))
-            raise
-        except (error.ConnectionDone, error.ConnectionLost):
-            raise
-        except Exception as e:
-            self.log.failure("saying hello to the master failed")
-            self._refused(connection, f"the master did not answer as "
-                                      f"expected ({type(e).__name__})")
-            raise
+    def greet(self, connection):
+        d = defer.Deferred.fromCoroutine(self._greet(connection))
+
+        def failed(failure):
+            if failure.check(error.ConnectionDone, error.ConnectionLost):
+                return
+            if failure.check(Refused):
+                text = failure.getErrorMessage()
+            else:
+                self.log.failure("saying hello to the master failed",
+                                 failure)
+                text = (f"the master did not answer as expected "
+                        f"({failure.type.__name__})")
+            self.refusals += 1
+            self._refused(connection, text)
+
+        d.addErrback(failed)
 
     async def _greet(self, connection):
         nonce = os.urandom(proto.NONCE_BYTES)
@@ -156,6 +164,7 @@ class MasterConnection(service.MultiService):
         await connection.callRemote(proto.Subscribe)
         connection.subscribed = True
         self.problem = None
+        self.refusals = 0
         self.log.info("connected to the master at {address} (piwtwist "
                       "{version})", address=self.address,
                       version=reply["master_version"])
