@@ -198,6 +198,7 @@ def master_options(dsn, output, url):
         "build-abi": ["cp311"], "dev-mode": True,
         "builder-queue": "tcp:0:interface=127.0.0.1",
         "import-queue": f"unix:{output}.import.sock",
+        "control-queue": f"unix:{output}.control.sock",
         "pypi-xmlrpc": f"{url}/pypi", "pypi-json": f"{url}/pypi",
         "platform-aliases": {}, "quiet": True,
     })

@@ -1187,6 +1187,33 @@ AS $sql$
     ORDER BY h.recorded_at, h.abi_tag
 $sql$;
 
+-- get_monitor_figures: for the control hub, every few seconds: pending
+-- builds per ABI and downloads in the last hour (through
+-- downloads_accessed_at)
+CREATE FUNCTION get_monitor_figures()
+RETURNS TABLE (queue JSONB, downloads_last_hour BIGINT)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT
+        (SELECT COALESCE(jsonb_object_agg(q.abi_tag, q.queued), '{}')
+         FROM get_queue_lengths() q),
+        (SELECT COUNT(*) FROM downloads d
+         WHERE d.accessed_at > CURRENT_TIMESTAMP - INTERVAL '1 hour')
+$sql$;
+
+-- get_recent_builds: the builds of the last hour, once at the control
+-- hub's start (it counts later ones as they are recorded)
+CREATE FUNCTION get_recent_builds()
+RETURNS TABLE (abi_tag VARCHAR, built_at TIMESTAMP WITH TIME ZONE,
+               status BOOLEAN)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT b.abi_tag, b.built_at, b.status
+    FROM builds b
+    WHERE b.built_at > CURRENT_TIMESTAMP - INTERVAL '1 hour'
+    ORDER BY b.built_at
+$sql$;
+
 -------------------------------------------------------------------------------
 -- What the master's role may do: run the functions above, nothing else
 -------------------------------------------------------------------------------

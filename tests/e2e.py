@@ -141,6 +141,7 @@ class Deployment:
         self.abi = abi or local_abi()
         self.port = free_port()
         self.import_socket = self.root / "master" / "import.sock"
+        self.control_socket = self.root / "master" / "control.sock"
         self.services = []
 
     def start_master(self, *extra, dev_mode=True):
@@ -157,6 +158,7 @@ class Deployment:
             "--pypi-simple", self.index_url,
             "--secret-file", str(self.secret), "--no-pypi-follow",
             "--import-queue", f"unix:{self.import_socket}",
+            "--control-queue", f"unix:{self.control_socket}",
             *(["--dev-mode"] if dev_mode else []), *extra,
         ], directory, self.user)
         self.services.append(master)

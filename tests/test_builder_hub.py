@@ -352,15 +352,28 @@ def test_sleeping_builder_gets_no_work_until_woken(harness):
     assert builder.idle()["action"] == proto.BUILD
 
 
-def test_kill_stops_the_build_then_the_builder(harness):
+def test_kill_now_stops_the_build_then_the_builder(harness):
     builder = harness.connect()
     builder.login()
     work = builder.idle()
-    harness.hub.kill()
+    harness.hub.kill_now()
     assert builder.busy() == proto.STOP
     builder.report(work["package"], "1.0", False, reason="stopped")
     assert builder.idle()["action"] == proto.DIE
     assert harness.db.logged == []
+    assert harness.queue.held() == {}
+
+
+def test_kill_lets_the_build_finish_then_stops_the_builder(harness):
+    builder = harness.connect()
+    builder.login()
+    work = builder.idle()
+    harness.hub.kill()
+    assert builder.busy() == proto.CONTINUE
+    builder.report(work["package"], "1.0", False, reason="exit status 1")
+    harness.clock.advance(0)
+    assert builder.idle()["action"] == proto.DIE
+    assert [b.package for b in harness.db.logged] == [work["package"]]
 
 
 def test_unknown_builder_control_is_an_error(harness):

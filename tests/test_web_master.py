@@ -94,7 +94,8 @@ async def test_the_master_saves_pending_rewrites_when_it_stops(
         str(tmp_path / "www"), "--build-abi", "cp311", "--secret-file",
         str(secret), "--builder-queue", "tcp:0:interface=127.0.0.1",
         "--dev-mode", "--no-pypi-follow",
-        "--import-queue", f"unix:{tmp_path}/import.sock"])
+        "--import-queue", f"unix:{tmp_path}/import.sock",
+        "--control-queue", f"unix:{tmp_path}/control.sock"])
     master = tap.MasterService(options, reactor)
     master.page_writer.rewrite_delay = 3600
     master.startService()

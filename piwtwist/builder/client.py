@@ -44,6 +44,11 @@ class Job:
     ticket: str | None = None
 
 
+#: Seconds between Busy pings while building (at most a fifth of the busy
+#: timeout).
+BUSY_PING_INTERVAL = 5.0
+
+
 class BuilderConnection(FileSenderResponders, amp.AMP):
     """The builder's end of one connection to the master."""
 
@@ -91,7 +96,10 @@ class BuilderService(service.MultiService):
         self.limits = limits
         self.hidden = tuple(hidden)
         self.bwrap = bwrap
-        self.ping_interval = ping_interval or max(1.0, busy_timeout / 5)
+        # often enough for monitors to follow the build log, and well
+        # within the master's watchdog
+        self.ping_interval = ping_interval or min(
+            BUSY_PING_INTERVAL, max(1.0, busy_timeout / 5))
         self.facts = machine.machine_facts()
         self.file_sender = FileSender()
         self.job = None
@@ -317,7 +325,14 @@ class BuilderService(service.MultiService):
         job = self.job
         if connection is None or job is None or job.outcome is not None:
             return
-        d = connection.callRemote(proto.Busy, **self._stats())
+        running = job.running
+        if running is not None:
+            d = running.tail(proto.LOG_TAIL_BYTES)
+            d.addErrback(lambda f: b"")
+        else:
+            d = defer.succeed(b"")
+        d.addCallback(lambda tail: connection.callRemote(
+            proto.Busy, log_tail=tail, **self._stats()))
 
         def answered(reply):
             if reply["action"] == proto.STOP and job.running is not None:
@@ -421,4 +436,6 @@ class BuilderService(service.MultiService):
                 "disk_free": stats.disk_free, "mem_total": stats.mem_total,
                 "mem_free": stats.mem_free,
                 "load_average": stats.load_average,
-                "cpu_temperature": stats.cpu_temperature}
+                "cpu_temperature": stats.cpu_temperature,
+                "swap_total": stats.swap_total,
+                "swap_free": stats.swap_free}

@@ -50,6 +50,8 @@ class MachineStats:
     mem_free: int
     load_average: float
     cpu_temperature: float | None
+    swap_total: int | None = None
+    swap_free: int | None = None
 
 
 def machine_facts(root="/"):
@@ -90,6 +92,7 @@ def machine_stats(build_dir, root="/", now=None):
     root = Path(root)
     disk = os.statvfs(build_dir)
     mem_total, mem_free = read_memory(root)
+    swap_total, swap_free = read_swap(root)
     return MachineStats(
         timestamp=now or datetime.now(timezone.utc),
         disk_total=disk.f_blocks * disk.f_frsize,
@@ -99,6 +102,8 @@ def machine_stats(build_dir, root="/", now=None):
         mem_free=mem_free,
         load_average=os.getloadavg()[0],
         cpu_temperature=read_cpu_temperature(root),
+        swap_total=swap_total,
+        swap_free=swap_free,
     )
 
 
@@ -136,8 +141,7 @@ def read_cpuinfo(root):
     return values
 
 
-def read_memory(root):
-    """(total, available) bytes from /proc/meminfo, else from sysconf."""
+def _meminfo(root):
     values = {}
     for line in (_read_text(root / "proc" / "meminfo") or "").splitlines():
         key, separator, value = line.partition(":")
@@ -145,6 +149,20 @@ def read_memory(root):
         if separator and fields and fields[0].isdigit():
             scale = 1024 if fields[1:] == ["kB"] else 1
             values[key.strip()] = int(fields[0]) * scale
+    return values
+
+
+def read_swap(root):
+    """(total, free) bytes of swap from /proc/meminfo, or (None, None)."""
+    values = _meminfo(root)
+    if "SwapTotal" not in values:
+        return None, None
+    return values["SwapTotal"], values.get("SwapFree", 0)
+
+
+def read_memory(root):
+    """(total, available) bytes from /proc/meminfo, else from sysconf."""
+    values = _meminfo(root)
     if "MemTotal" in values:
         return values["MemTotal"], values.get("MemAvailable",
                                               values.get("MemFree", 0))

@@ -713,6 +713,24 @@ class RunningBuild:
             if not waiter.called:  # a cancelled waiter has fired already
                 waiter.callback(outcome)
 
+    def tail(self, max_bytes):
+        """A Deferred firing with the last *max_bytes* of the build's log
+        so far (read in a thread), or nothing once the build is over."""
+        return self._in_thread(self._read_tail, max_bytes)
+
+    def _read_tail(self, max_bytes):
+        log_file = self._log_file
+        if log_file is None or self._outcome is not None:
+            return b""
+        try:
+            # pread: no seek to disturb _read_log's
+            fd = log_file.fileno()
+            size = os.fstat(fd).st_size
+            start = max(0, size - max_bytes)
+            return os.pread(fd, size - start, start)
+        except (OSError, ValueError):
+            return b""  # the build finished and closed its log meanwhile
+
     def _in_thread(self, function, *args):
         get_pool = getattr(self._reactor, "getThreadPool", None)
         if get_pool is None:

@@ -295,6 +295,20 @@ class Database:
                                 (days,))
         return [_record(DailyDownloads, row) for row in rows]
 
+    async def get_monitor_figures(self):
+        """({abi: pending builds}, downloads in the last hour)."""
+        rows = await self._rows("SELECT * FROM get_monitor_figures()")
+        queue = rows[0].queue
+        if isinstance(queue, str):
+            queue = json.loads(queue)
+        return ({abi: int(n) for abi, n in queue.items()},
+                rows[0].downloads_last_hour)
+
+    async def get_recent_builds(self):
+        """(abi, built_at, status) of every build of the last hour."""
+        rows = await self._rows("SELECT * FROM get_recent_builds()")
+        return [(row.abi_tag, row.built_at, row.status) for row in rows]
+
     async def get_search_index(self):
         rows = await self._rows("SELECT * FROM get_search_index()")
         return [_record(SearchEntry, row) for row in rows]

@@ -4,7 +4,9 @@ Each connection is a :class:`BuilderConnection` (one AMP protocol, one
 builder); the :class:`BuilderHub` service owns them all, hands out work from
 the build queue, watches the builders' pings, fetches finished wheels
 through the file receiver and records builds in the database.  The controls
-a monitor uses (kill, skip, sleep, wake) live here too.
+a monitor uses (kill, kill now, skip, sleep, wake) live here too, and every
+change of a builder's state is told to ``state_listeners`` (the control
+hub).
 
 Knowing the shared secret lets a machine connect, not change what the master
 believes: a builder reports only on the build handed to this connection, or
@@ -96,7 +98,12 @@ class BuilderState:
     status: str = "connecting"
     sleeping: bool = False
     kill_requested: bool = False
+    #: stop the current build too, not only the builder after it
+    kill_now: bool = False
     skip_requested: bool = False
+    #: the wheel being fetched from the builder, and its size
+    sending_file: str | None = None
+    sending_size: int | None = None
 
 
 class BuilderConnection(amp.AMP):
@@ -115,6 +122,8 @@ class BuilderConnection(amp.AMP):
         self._resuming = (None, None, None)
         #: the ticket of the build handed to this connection
         self.ticket = None
+        #: the end of the running build's log, as the latest Busy sent it
+        self.log_tail = b""
 
     # connection -----------------------------------------------------------
 
@@ -203,6 +212,7 @@ class BuilderConnection(amp.AMP):
         if package or version:
             resumed = self.hub.resume(self, package, version, ticket)
         self.hub.builder_ready(self)
+        self.hub.changed(self)
         self.log.info("builder {id} ({label}, {abi}) connected from {address}",
                       id=self.info.builder_id, label=self.info.label,
                       abi=self.info.abi_tag, address=self.info.address)
@@ -218,25 +228,33 @@ class BuilderConnection(amp.AMP):
     # work -----------------------------------------------------------------
 
     def _stats(self, timestamp, disk_total, disk_free, mem_total, mem_free,
-               load_average, cpu_temperature=None):
+               load_average, cpu_temperature=None, swap_total=None,
+               swap_free=None):
         self.info.stats = dict(
             timestamp=timestamp, disk_total=disk_total, disk_free=disk_free,
-            mem_total=mem_total, mem_free=mem_free,
-            load_average=load_average, cpu_temperature=cpu_temperature)
+            mem_total=mem_total, mem_free=mem_free, swap_total=swap_total,
+            swap_free=swap_free, load_average=load_average,
+            cpu_temperature=cpu_temperature)
 
     @proto.Idle.responder
     def idle(self, **stats):
         self._require_authentication()
         self._seen()
         self._stats(**stats)
-        return self.hub.next_action(self)
+        action = self.hub.next_action(self)
+        self.hub.changed(self)
+        return action
 
     @proto.Busy.responder
-    def busy(self, **stats):
+    def busy(self, log_tail=None, **stats):
         self._require_authentication()
         self._seen()
         self._stats(**stats)
-        return {"action": self.hub.busy_action(self)}
+        if log_tail is not None and self.info.entry is not None:
+            self.log_tail = bytes(log_tail[-proto.LOG_TAIL_BYTES:])
+        action = self.hub.busy_action(self)
+        self.hub.changed(self)
+        return {"action": action}
 
     @proto.BuildLog.responder
     def build_log(self, offset, data):
@@ -278,8 +296,10 @@ class BuilderConnection(amp.AMP):
         self._log = bytearray()
         if status and not files:
             status, reason = False, "the build succeeded but made no wheel"
-        return {"action": self.hub.built(self, entry, status, duration,
-                                         reason, output, files)}
+        action = self.hub.built(self, entry, status, duration, reason,
+                                output, files)
+        self.hub.changed(self)
+        return {"action": action}
 
     @proto.Bye.responder
     def bye(self, reason):
@@ -287,6 +307,7 @@ class BuilderConnection(amp.AMP):
                       id=self.info.builder_id, label=self.info.label,
                       reason=reason)
         self.info.status = "leaving"
+        self.hub.changed(self)
         self.transport.loseConnection()
         return {}
 
@@ -322,6 +343,9 @@ class BuilderHub(service.Service):
         self._orphans = {}
         self._recording = set()
         self.build_listeners = []
+        #: called with a builder's BuilderState whenever it changes; a
+        #: state whose builder_id is no longer in ``connections`` is gone
+        self.state_listeners = []
 
     def factory(self):
         return Factory.forProtocol(lambda: self._new_connection())
@@ -354,9 +378,18 @@ class BuilderHub(service.Service):
     def builder_ready(self, connection):
         pass
 
+    def changed(self, connection):
+        """Tell the state listeners that *connection*'s state changed."""
+        for listener in list(self.state_listeners):
+            try:
+                listener(connection.info)
+            except Exception:
+                self.log.failure("a builder state listener failed")
+
     def connection_lost(self, connection):
         state = connection.info
         self.connections.pop(state.builder_id, None)
+        self.changed(connection)
         entry = state.entry
         if entry is not None and self.running:
             # it may come back with the build in hand; if not, re-queue
@@ -447,9 +480,11 @@ class BuilderHub(service.Service):
         connection.info.build_started = started
         connection.info.status = "building"
         connection.ticket = ticket
+        connection.log_tail = b""
 
     def _unassign(self, connection):
         connection.ticket = None
+        connection.log_tail = b""
         connection.info.entry = None
         connection.info.build_started = None
         connection.info.status = "idle"
@@ -493,7 +528,7 @@ class BuilderHub(service.Service):
         state = connection.info
         if state.entry is None:
             return proto.STOP
-        if state.kill_requested or state.skip_requested:
+        if state.kill_now or state.skip_requested:
             return proto.STOP
         if not self.queue.is_wanted(state.entry):
             return proto.STOP
@@ -505,7 +540,7 @@ class BuilderHub(service.Service):
     def built(self, connection, entry, status, duration, reason, output,
               files):
         state = connection.info
-        if not status and (state.skip_requested or state.kill_requested
+        if not status and (state.skip_requested or state.kill_now
                            or not self.queue.is_wanted(entry)):
             # stopped on purpose: nothing to record, and a skipped build
             # goes back to the queue
@@ -545,6 +580,9 @@ class BuilderHub(service.Service):
             if status:
                 build, published = await self._fetch_files(
                     connection, entry, build, files)
+                if state.entry == entry:
+                    state.status = "recording"
+                    self.changed(connection)
             try:
                 await self.db.log_build(build)
             except psycopg2.errors.UniqueViolation as e:
@@ -601,6 +639,7 @@ class BuilderHub(service.Service):
         self.queue.finish(entry)
         if state.entry == entry:
             self._unassign(connection)
+            self.changed(connection)
         orphan = self._orphans.pop((entry.abi_tag, entry.package,
                                     entry.version), None)
         if orphan is not None and orphan.expiry.active():
@@ -663,9 +702,16 @@ class BuilderHub(service.Service):
                 filename = wheel["filename"]
                 existed = os.path.lexists(
                     self.output_path / "simple" / entry.package / filename)
-                path = await self.receiver.receive(
-                    connection.callRemote, entry.package, filename,
-                    wheel["filesize"], wheel["filehash"])
+                connection.info.sending_file = filename
+                connection.info.sending_size = wheel["filesize"]
+                self.changed(connection)
+                try:
+                    path = await self.receiver.receive(
+                        connection.callRemote, entry.package, filename,
+                        wheel["filesize"], wheel["filehash"])
+                finally:
+                    connection.info.sending_file = None
+                    connection.info.sending_size = None
                 for build_file, deps, created in wheel_records(
                         wheel, path, self.output_path, self.platform_aliases,
                         created=not existed):
@@ -698,24 +744,37 @@ class BuilderHub(service.Service):
         return [connection]
 
     def kill(self, builder_id=None):
-        """Stop the builder(s): the current build stops, then they exit."""
+        """Stop the builder(s) once their current build is done: the next
+        Idle is answered by DIE."""
         for connection in self._targets(builder_id):
             connection.info.kill_requested = True
+            self.changed(connection)
+
+    def kill_now(self, builder_id=None):
+        """Stop the builder(s)' current build (the next Busy is answered by
+        STOP and the build is not recorded), then the builder(s)."""
+        for connection in self._targets(builder_id):
+            connection.info.kill_requested = True
+            connection.info.kill_now = True
+            self.changed(connection)
 
     def skip(self, builder_id=None):
         """Abandon the builder(s)' current build."""
         for connection in self._targets(builder_id):
             if connection.info.entry is not None:
                 connection.info.skip_requested = True
+                self.changed(connection)
 
     def sleep(self, builder_id=None):
         """No new work for the builder(s) until woken."""
         for connection in self._targets(builder_id):
             connection.info.sleeping = True
+            self.changed(connection)
 
     def wake(self, builder_id=None):
         for connection in self._targets(builder_id):
             connection.info.sleeping = False
+            self.changed(connection)
 
     def pause(self):
         self.paused = True

@@ -28,6 +28,7 @@ from .admin_hub import AdminHub, admin_listen_description
 from .build_queue import BuildQueue
 from .builder_hub import (DEFAULT_PLATFORM_ALIASES, BuilderHub,
                           load_ticket_key)
+from .control_hub import ControlHub, control_needs_authentication
 from .pypi_follower import new_pypi_follower, page_writer_listener
 from .systemd import notify_ready, notify_stopping
 
@@ -192,6 +193,19 @@ class MasterService(service.MultiService):
         strports.service(admin_listen_description(options["import-queue"]),
                          self.admin.factory()).setServiceParent(
                              self.dependents)
+        self.control = ControlHub(
+            self.hub, self.queue, self.db, reactor,
+            secret=options["secret"], output_path=output,
+            abis=options["build-abi"], follower=self.follower,
+            receiver=self.receiver, stop_master=self._terminate)
+        self.control.setServiceParent(self.dependents)
+        control_queue = options["control-queue"]
+        strports.service(
+            admin_listen_description(control_queue),
+            self.control.factory(
+                require_authentication=control_needs_authentication(
+                    control_queue)),
+        ).setServiceParent(self.dependents)
         if options["http-endpoint"]:
             strports.service(
                 options["http-endpoint"],
@@ -216,6 +230,12 @@ class MasterService(service.MultiService):
                       abis=", ".join(self.options["build-abi"]),
                       endpoint=self.options["builder-queue"])
         notify_ready()
+
+    def _terminate(self):
+        """A monitor's terminate: the clean shutdown SIGTERM starts."""
+        self.log.info("terminating the master, as a monitor asked")
+        if self.reactor.running:
+            self.reactor.stop()
 
     def _failed(self, failure):
         self.log.critical("the master cannot start: {why}",

@@ -15,7 +15,9 @@ Builder -> master:
 ``Idle``          machine stats; answered by ``build`` (with what to build,
                   from which index, and a ticket for this assignment),
                   ``sleep`` (ask again later) or ``die``.
-``Busy``          a ping while building; answered by ``continue`` or ``stop``.
+``Busy``          a ping while building, with the end of the build's log so
+                  far (at most :data:`LOG_TAIL_BYTES`, for monitors);
+                  answered by ``continue`` or ``stop``.
 ``BuildLog``      one piece of the build log (logs are larger than an AMP
                   value may be), sent before ``Built``.
 ``Built``         the outcome: status, duration, the log's size and hash, and
@@ -125,7 +127,12 @@ _STATS = [
     (b"mem_free", amp.Integer()),
     (b"load_average", amp.Float()),
     (b"cpu_temperature", amp.Float(optional=True)),
+    (b"swap_total", amp.Integer(optional=True)),
+    (b"swap_free", amp.Integer(optional=True)),
 ]
+
+#: The most bytes of the running build's log a Busy ping carries.
+LOG_TAIL_BYTES = 8 * 1024
 
 
 class Idle(amp.Command):
@@ -146,7 +153,7 @@ class Idle(amp.Command):
 
 class Busy(amp.Command):
     commandName = b"busy"
-    arguments = list(_STATS)
+    arguments = list(_STATS) + [(b"log_tail", amp.String(optional=True))]
     response = [(b"action", amp.Unicode())]
     errors = dict(_ERRORS)
 

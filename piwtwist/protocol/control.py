@@ -14,10 +14,13 @@ Monitor -> master:
 ``Subscribe``    send me the whole picture, then every change; answered at
                  once, the picture follows as ``Status`` messages.
 ``Control``      do something (see :data:`ACTIONS`); answered by the
-                 resulting state of what was touched, or
-                 :class:`ControlRefused` with one sentence saying why.
-``BuildLogTail`` the last bytes of a builder's current build log, as far as
-                 the master has it.
+                 resulting state of what was touched (CBOR in a
+                 :class:`LongString`: every builder's state may exceed one
+                 AMP value), or :class:`ControlRefused` with one sentence
+                 saying why.
+``BuildLogTail`` the last bytes (at most 16 KiB) of a builder's current
+                 build log, as far as the master has it (builders send it
+                 with their pings); empty when it builds nothing.
 
 Master -> monitor:
 
@@ -43,12 +46,13 @@ epoch, durations seconds, sizes bytes; ``None`` where unknown):
 ``{"type": "builder_gone", "builder_id": ID}``
     one builder disconnected.
 ``{"type": "bye", "reason": TEXT}``
-    the master is shutting down.
+    the master is shutting down (also when a monitor terminated it).
 
 MASTER is a map with: ``version``, ``host``, ``started`` (time),
 ``now`` (time), ``abis`` (list), ``paused`` (bool), ``pypi_serial``,
-``pypi_behind`` (events PyPI has that the master has not read yet, or
-None), ``queue`` ({abi: pending builds}), ``builds_last_hour`` ({abi:
+``pypi_behind`` (events read from PyPI's journal and not yet saved, once
+the master has caught up with it; None while it catches up or does not
+follow PyPI), ``terminating`` (bool), ``queue`` ({abi: pending builds}), ``builds_last_hour`` ({abi:
 count}), ``successes_last_hour`` ({abi: count}), ``downloads_last_hour``,
 ``last_build_at`` (time of the newest finished build, or None),
 ``disk_total``, ``disk_free`` (the output tree's file system), ``load``
@@ -59,14 +63,16 @@ BUILDER is a map with: ``builder_id``, ``label``, ``abi``, ``platform``,
 ``python`` (py tag), ``os_name``, ``os_version``, ``board_revision``,
 ``board_serial``, ``address``, ``version``, ``connected_at``,
 ``last_seen``, ``busy_timeout``, ``build_timeout``, ``status`` (one of
-:data:`BUILDER_STATUSES`), ``sleeping``, ``kill_requested``,
+:data:`BUILDER_STATUSES`), ``sleeping``, ``kill_requested`` (it stops
+after its build), ``kill_now`` (its build is stopped too),
 ``package``, ``package_version`` (the current task, or None),
 ``task_started`` (time), ``sending`` (``{"filename", "size",
 "received"}`` while a wheel moves, else None), ``last_failure``
 (``{"package", "version", "reason"}`` of its latest failed build, or
 None), ``stats`` (the latest machine stats: ``timestamp``,
 ``disk_total``, ``disk_free``, ``mem_total``, ``mem_free``,
-``swap_total``, ``swap_free``, ``load_average``, ``cpu_temperature``).
+``swap_total``, ``swap_free``, ``load_average``, ``cpu_temperature``;
+None until the builder first reports).
 """
 
 import hashlib
@@ -118,6 +124,28 @@ _ERRORS = {NotAuthenticated: b"NOT_AUTHENTICATED",
            ControlRefused: b"CONTROL_REFUSED"}
 
 
+class LongString(amp.String):
+    """Bytes of any length, in pieces of at most :data:`CHUNK_BYTES` under
+    the keys NAME, NAME.2, NAME.3, ...; a short value travels exactly as an
+    :class:`amp.String` would."""
+
+    def toBox(self, name, strings, objects, proto):
+        value = self.retrieve(objects, name.decode("ascii").replace(
+            "-", "_"), proto)
+        for number, start in enumerate(
+                range(0, max(len(value), 1), CHUNK_BYTES), 1):
+            key = name if number == 1 else b"%s.%d" % (name, number)
+            strings[key] = value[start:start + CHUNK_BYTES]
+
+    def fromBox(self, name, strings, objects, proto):
+        parts = [self.retrieve(strings, name, proto)]
+        number = 2
+        while b"%s.%d" % (name, number) in strings:
+            parts.append(strings.pop(b"%s.%d" % (name, number)))
+            number += 1
+        objects[name.decode("ascii").replace("-", "_")] = b"".join(parts)
+
+
 class Hello(amp.Command):
     commandName = b"hello"
     arguments = [(b"version", amp.Unicode()), (b"nonce", amp.String())]
@@ -151,7 +179,7 @@ class Control(amp.Command):
         (b"builder_id", amp.Integer(optional=True)),
     ]
     # CBOR: {"master": MASTER} or {"builders": [BUILDER, ...]}
-    response = [(b"state", amp.String())]
+    response = [(b"state", LongString())]
     errors = dict(_ERRORS)
 
 

@@ -566,6 +566,14 @@ class FileReceiver:
         self._idle_waiters.append(waiter)
         return waiter
 
+    def progress(self, filename):
+        """Bytes of *filename* received so far while it is being received,
+        else None (for monitors)."""
+        for transfer in self._transfers:
+            if transfer.filename == filename:
+                return transfer.received.total
+        return None
+
     def check_request(self, package, filename, size, sha256):
         """Raise :class:`TransferRefused` unless the request is sane; return
         the canonical project name."""
