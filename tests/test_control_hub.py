@@ -26,6 +26,7 @@ from piwtwist.protocol import control as proto
 from tests.test_builder_hub import (SECRET, STATS, FakeDatabase,
                                     FakeReceiver, Harness, entry,
                                     wheel_facts)
+from tests.test_end_to_end import deployment, package_index  # noqa: F401
 
 MACHINE = {"disk_total": 1000, "disk_free": 400, "load": [0.5, 0.4, 0.3],
            "cpu_count": 4, "mem_total": 800, "mem_free": 200,
@@ -830,3 +831,183 @@ async def test_a_monitor_over_tls_with_the_secret(reactor, tmp_path):
         await port.stopListening()
         for s in (control, hub, queue):
             await s.stopService()
+
+
+# a real master and builder -------------------------------------------------
+
+class Watcher(amp.AMP):
+    """A monitor's end over a real socket: keeps every message."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+        self.reassembler = proto.Reassembler()
+
+    @proto.Status.responder
+    def status(self, message_id, index, count, data):
+        message = self.reassembler.add(message_id, index, count, data)
+        if message is not None:
+            self.messages.append(message)
+        return {}
+
+    def builders(self):
+        """The builders as the messages so far describe them."""
+        builders = {}
+        for message in self.messages:
+            if message["type"] == "snapshot":
+                builders = {b["builder_id"]: b for b in message["builders"]}
+            elif message["type"] == "builder":
+                builders[message["builder"]["builder_id"]] = \
+                    message["builder"]
+            elif message["type"] == "builder_gone":
+                builders.pop(message["builder_id"], None)
+        return builders
+
+    def master(self):
+        for message in reversed(self.messages):
+            if message["type"] in ("snapshot", "master"):
+                return message["master"]
+        return None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_real_master_watched_and_steered_over_its_socket(
+        reactor, deployment, package_index):
+    from tests import sdists
+    from tests.e2e import wait_for
+    from tests.test_end_to_end import queue_release
+    package_index.add(sdists.make_pure_sdist(package_index.sdist_dir,
+                                             "piw-watched", "1.0"))
+    queue_release(deployment.database, "piw-watched", "1.0", "2024-01-01Z")
+    master = deployment.start_master()
+    socket_path = deployment.control_socket
+    await wait_for(reactor, socket_path.exists, 60,
+                   f"the control socket {socket_path}\n{deployment.logs()}")
+    assert oct(socket_path.stat().st_mode & 0o777) == "0o660"
+    endpoint = endpoints.UNIXClientEndpoint(reactor, str(socket_path))
+    watcher = await endpoint.connect(Factory.forProtocol(Watcher))
+    try:
+        reply = await watcher.callRemote(proto.Hello, version=__version__,
+                                         nonce=os.urandom(32))
+        assert reply["authenticate"] is False
+        await watcher.callRemote(proto.Subscribe)
+        await wait_for(reactor, watcher.master, 30, "the master's facts")
+        assert watcher.master()["abis"] == [deployment.abi]
+        assert watcher.master()["host"] == socket.gethostname()
+        assert watcher.builders() == {}
+
+        # paused: the builder appears, and sleeps instead of building
+        state = proto.decode((await watcher.callRemote(
+            proto.Control, action="pause"))["state"])
+        assert state["master"]["paused"] is True
+        deployment.start_builder("watched-1")
+
+        def sleeping():
+            return [b for b in watcher.builders().values()
+                    if b["label"] == "watched-1" and
+                    b["status"] == "sleeping"]
+
+        (builder,) = await wait_for(reactor, sleeping, 120,
+                                    "the builder to sleep")
+        assert builder["abi"] == deployment.abi
+        assert builder["stats"] and builder["stats"]["mem_total"] > 0
+        await wait_for(reactor, lambda: watcher.master()["queue"].get(
+            deployment.abi) == 1, 30, "the queue length")
+        await task.deferLater(reactor, 5, lambda: None)  # two more Idles
+        assert deployment.builds() == []
+        assert sleeping()
+
+        # resumed: it builds
+        state = proto.decode((await watcher.callRemote(
+            proto.Control, action="resume"))["state"])
+        assert state["master"]["paused"] is False
+
+        def built():
+            return deployment.builds()
+
+        await wait_for(reactor, built, 300, "the build")
+        assert deployment.builds()[0][:3] == ("piw-watched", "1.0", True), \
+            deployment.logs()
+        seen = [m["builder"] for m in watcher.messages
+                if m["type"] == "builder"]
+        assert any(b["status"] == "building" and
+                   b["package"] == "piw-watched" for b in seen)
+        await wait_for(reactor, lambda: watcher.master()[
+            "builds_last_hour"].get(deployment.abi) == 1, 30,
+            "the build counted")
+
+        # terminated: a clean exit, as on SIGTERM
+        state = proto.decode((await watcher.callRemote(
+            proto.Control, action="terminate"))["state"])
+        assert state["master"]["terminating"] is True
+        await wait_for(reactor, lambda: master.process.poll() is not None,
+                       60, "the master to exit")
+        assert master.process.returncode == 0, master.output()
+        log = master.log()
+        assert "Server Shut Down." in log and "Traceback" not in log, log
+        assert any(m["type"] == "bye" for m in watcher.messages)
+    finally:
+        if watcher.transport is not None:
+            watcher.transport.loseConnection()
+
+
+# what builders send ----------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_a_running_build_shows_the_end_of_its_log(reactor, tmp_path):
+    from piwtwist.builder.sandbox import start_build
+    from tests.e2e import wait_for
+    from tests.test_builder_sandbox import fake_python
+    python = fake_python(tmp_path, (
+        "i=0; while [ $i -lt 3000 ]; do echo line $i; i=$((i+1)); done; "
+        "echo the last line; sleep 3600"))
+    build = start_build(reactor, "x", "1.0", "file:///nowhere/",
+                        tmp_path / "build", timeout=3600, python=python,
+                        bwrap=None)
+    try:
+        async def tail():
+            return await build.tail(builder_proto.LOG_TAIL_BYTES)
+
+        tails = []
+
+        def ended():
+            d = defer.ensureDeferred(tail())
+            d.addCallback(tails.append)
+            return tails and tails[-1].endswith(b"the last line\n")
+
+        await wait_for(reactor, ended, 30, "the log's last line")
+        assert len(tails[-1]) == builder_proto.LOG_TAIL_BYTES
+        assert (await build.tail(10)) == b"last line\n"
+    finally:
+        outcome = await build.stop()
+    assert (await build.tail(100)) == b""
+    assert "the last line" in outcome.output
+
+
+def test_builders_report_swap(tmp_path):
+    from piwtwist.builder import machine
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "meminfo").write_text(
+        "MemTotal: 1000 kB\nMemAvailable: 500 kB\n"
+        "SwapTotal: 200 kB\nSwapFree: 50 kB\n")
+    assert machine.read_swap(tmp_path) == (200 * 1024, 50 * 1024)
+    stats = machine.machine_stats(tmp_path, root=tmp_path)
+    assert (stats.swap_total, stats.swap_free) == (200 * 1024, 50 * 1024)
+    (tmp_path / "proc" / "meminfo").write_text("MemTotal: 1000 kB\n")
+    assert machine.read_swap(tmp_path) == (None, None)
+
+
+def test_builders_ping_often_while_building_within_the_watchdog():
+    from piwtwist.builder.client import BuilderService
+    endpoint = endpoints.TCP4ClientEndpoint(task.Clock(), "127.0.0.1", 1)
+    for busy_timeout, interval in ((300.0, 5.0), (10.0, 2.0), (2.0, 1.0)):
+        builder = BuilderService(task.Clock(), endpoint, SECRET, "/tmp",
+                                 busy_timeout=busy_timeout)
+        assert builder.ping_interval == interval
+
+
+def test_a_busy_ping_with_a_log_tail_fits_in_a_box():
+    box = builder_proto.Busy.makeArguments(
+        dict(STATS, swap_total=1, swap_free=1,
+             log_tail=b"\xff" * builder_proto.LOG_TAIL_BYTES), None)
+    amp.AmpBox(box).serialize()
