@@ -126,7 +126,8 @@ class ControlConnection(amp.AMP):
     def connectionMade(self):
         super().connectionMade()
         peer = self.transport.getPeer()
-        self.address = str(getattr(peer, "host", None) or peer)
+        self.address = str(getattr(peer, "host", None)
+                           or "the control socket")
         self._watchdog = self.hub.clock.callLater(self.hub.hello_timeout,
                                                   self._too_slow)
 
@@ -208,7 +209,8 @@ class ControlConnection(amp.AMP):
         """Send one message's pieces; drop this subscriber when it has
         left too many unanswered."""
         for index, data in enumerate(pieces):
-            if self.transport is None or self.transport.disconnected:
+            if self.transport is None or \
+                    getattr(self.transport, "disconnected", False):
                 return
             self.unanswered += 1
             if self.unanswered > proto.MAX_UNANSWERED:

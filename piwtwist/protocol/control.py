@@ -52,8 +52,9 @@ MASTER is a map with: ``version``, ``host``, ``started`` (time),
 ``now`` (time), ``abis`` (list), ``paused`` (bool), ``pypi_serial``,
 ``pypi_behind`` (events read from PyPI's journal and not yet saved, once
 the master has caught up with it; None while it catches up or does not
-follow PyPI), ``terminating`` (bool), ``queue`` ({abi: pending builds}), ``builds_last_hour`` ({abi:
-count}), ``successes_last_hour`` ({abi: count}), ``downloads_last_hour``,
+follow PyPI), ``terminating`` (bool), ``queue`` ({abi: pending builds}),
+``builds_last_hour`` ({abi: count}), ``successes_last_hour`` ({abi:
+count}), ``downloads_last_hour`` (None where the database cannot say),
 ``last_build_at`` (time of the newest finished build, or None),
 ``disk_total``, ``disk_free`` (the output tree's file system), ``load``
 ([1, 5, 15 minute]), ``cpu_count``, ``mem_total``, ``mem_free``,
