@@ -71,6 +71,95 @@ CREATE TABLE build_queue (
 );
 CREATE INDEX build_queue_order ON build_queue (abi_tag, released DESC, package, version);
 
+ALTER TABLE downloads
+    ADD COLUMN distro_id       VARCHAR(100),
+    ADD COLUMN libc_name       VARCHAR(100),
+    ADD COLUMN libc_version    VARCHAR(100),
+    ADD COLUMN openssl_version VARCHAR(200),
+    ADD COLUMN ci              BOOLEAN;
+ALTER TABLE searches
+    ADD COLUMN distro_id       VARCHAR(100),
+    ADD COLUMN libc_name       VARCHAR(100),
+    ADD COLUMN libc_version    VARCHAR(100),
+    ADD COLUMN openssl_version VARCHAR(200),
+    ADD COLUMN ci              BOOLEAN;
+
+-- downloads_daily: each project's downloads per UTC day and the build time
+-- they saved (the duration of the build of each wheel downloaded), kept up
+-- to date by log_hits as hits arrive, so that no page counts raw downloads
+-- (kept only for the master's --hit-retention)
+CREATE TABLE downloads_daily (
+    package    VARCHAR(200) NOT NULL,
+    day        DATE NOT NULL,
+    downloads  BIGINT NOT NULL,
+    time_saved INTERVAL NOT NULL,
+
+    CONSTRAINT downloads_daily_pk PRIMARY KEY (package, day)
+);
+CREATE INDEX downloads_daily_day ON downloads_daily (day DESC);
+
+-- download_totals: each project's downloads of all time, the sum of its
+-- downloads_daily rows, kept so that the search index reads one row a
+-- project
+CREATE TABLE download_totals (
+    package    VARCHAR(200) NOT NULL,
+    downloads  BIGINT NOT NULL,
+    time_saved INTERVAL NOT NULL,
+
+    CONSTRAINT download_totals_pk PRIMARY KEY (package)
+);
+
+-- download_clients_daily: downloads per UTC day by installer (pip, uv,
+-- other), Python version (major.minor), distribution and CPU; '' is unknown
+CREATE TABLE download_clients_daily (
+    day       DATE NOT NULL,
+    installer VARCHAR(20) NOT NULL,
+    python    VARCHAR(20) NOT NULL,
+    distro    VARCHAR(200) NOT NULL,
+    arch      VARCHAR(100) NOT NULL,
+    downloads BIGINT NOT NULL,
+
+    CONSTRAINT download_clients_daily_pk
+        PRIMARY KEY (day, installer, python, distro, arch)
+);
+
+-- hit_batches: the batches of hits recorded lately, so that a batch sent
+-- again (its acknowledgement was lost with the connection) is not counted
+-- twice
+CREATE TABLE hit_batches (
+    batch_id    VARCHAR(100) NOT NULL,
+    recorded_at TIMESTAMP WITH TIME ZONE DEFAULT CURRENT_TIMESTAMP NOT NULL,
+
+    CONSTRAINT hit_batches_pk PRIMARY KEY (batch_id)
+);
+CREATE INDEX hit_batches_recorded_at ON hit_batches (recorded_at);
+
+-- the counts of the downloads recorded so far
+INSERT INTO downloads_daily (package, day, downloads, time_saved)
+SELECT lower(regexp_replace(split_part(d.filename, '-', 1), '[-_.]+', '-',
+                            'g')),
+       (d.accessed_at AT TIME ZONE 'UTC')::DATE, COUNT(*),
+       COALESCE(SUM(b.duration), INTERVAL '0')
+FROM downloads d
+LEFT JOIN files f ON f.filename = d.filename
+LEFT JOIN builds b ON b.build_id = f.build_id
+GROUP BY 1, 2;
+
+INSERT INTO download_totals (package, downloads, time_saved)
+SELECT package, SUM(downloads), SUM(time_saved)
+FROM downloads_daily GROUP BY package;
+
+INSERT INTO download_clients_daily (day, installer, python, distro, arch,
+                                    downloads)
+SELECT (accessed_at AT TIME ZONE 'UTC')::DATE,
+       CASE WHEN installer_name IN ('pip', 'uv')
+            THEN installer_name ELSE 'other' END,
+       COALESCE(substring(py_version FROM '^\d+\.\d+'), ''),
+       left(trim(COALESCE(distro_name, '') || ' '
+                 || COALESCE(distro_version, '')), 200),
+       COALESCE(arch, ''), COUNT(*)
+FROM downloads GROUP BY 1, 2, 3, 4, 5;
+
 DO $drop$
 DECLARE
     old_function REGPROCEDURE;
@@ -756,6 +845,170 @@ $sql$;
 -- Hits, statistics and the search index
 -------------------------------------------------------------------------------
 
+-- log_hits: one batch of hits, in one transaction.  Each argument but the
+-- first is a JSON array of objects with short keys: t (seconds since the
+-- epoch), h (address), f (a download's file name), p (a search's package, a
+-- page hit's project or page), u and b (a page hit's User-Agent and whether
+-- it is a bot), and for downloads and searches the client's facts: in, iv
+-- (installer), pn, pv (Python implementation and version), dn, dv, di
+-- (distribution name, version, id), ln, lv (libc), on, ov (system), a
+-- (CPU), o (OpenSSL), s (setuptools), c (CI).  Downloads also count in
+-- downloads_daily, download_totals and download_clients_daily.  A batch
+-- whose id was recorded before changes nothing and gives false: a logger
+-- sends a batch again when the master's acknowledgement was lost.
+CREATE FUNCTION log_hits(
+    batch VARCHAR, new_downloads JSON, new_searches JSON,
+    new_project_hits JSON, new_json_hits JSON, new_page_hits JSON
+) RETURNS BOOLEAN
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+BEGIN
+    IF batch IS NOT NULL THEN
+        INSERT INTO hit_batches (batch_id) VALUES (left(batch, 100))
+        ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            RETURN false;
+        END IF;
+    END IF;
+
+    IF json_array_length(new_downloads) > 0 THEN
+        WITH added AS (
+            INSERT INTO downloads (
+                filename, accessed_by, accessed_at, arch, distro_name,
+                distro_version, os_name, os_version, py_name, py_version,
+                installer_name, installer_version, setuptools_version,
+                distro_id, libc_name, libc_version, openssl_version, ci)
+            SELECT left(r.f, 255), r.h, to_timestamp(r.t), left(r.a, 100),
+                   left(r.dn, 100), left(r.dv, 100), left(r."on", 100),
+                   left(r.ov, 100), left(r.pn, 100), left(r.pv, 100),
+                   left(r."in", 20), left(r.iv, 100), left(r.s, 100),
+                   left(r.di, 100), left(r.ln, 100), left(r.lv, 100),
+                   left(r.o, 200), r.c
+            FROM json_to_recordset(new_downloads) AS r(
+                f VARCHAR, h INET, t DOUBLE PRECISION, a VARCHAR,
+                dn VARCHAR, dv VARCHAR, "on" VARCHAR, ov VARCHAR, pn VARCHAR,
+                pv VARCHAR, "in" VARCHAR, iv VARCHAR, s VARCHAR, di VARCHAR,
+                ln VARCHAR, lv VARCHAR, o VARCHAR, c BOOLEAN)
+            RETURNING filename, accessed_at, installer_name, py_version,
+                      distro_name, distro_version, arch
+        ), counted AS (
+            SELECT lower(regexp_replace(split_part(a.filename, '-', 1),
+                                        '[-_.]+', '-', 'g')) AS package,
+                   (a.accessed_at AT TIME ZONE 'UTC')::DATE AS day,
+                   COALESCE(b.duration, INTERVAL '0') AS saved,
+                   CASE WHEN a.installer_name IN ('pip', 'uv')
+                        THEN a.installer_name ELSE 'other' END AS installer,
+                   COALESCE(substring(a.py_version FROM '^\d+\.\d+'), '')
+                       AS python,
+                   left(trim(COALESCE(a.distro_name, '') || ' '
+                             || COALESCE(a.distro_version, '')), 200)
+                       AS distro,
+                   COALESCE(a.arch, '') AS arch
+            FROM added a
+            LEFT JOIN files f ON f.filename = a.filename
+            LEFT JOIN builds b ON b.build_id = f.build_id
+        ), daily AS (
+            INSERT INTO downloads_daily AS d (package, day, downloads,
+                                              time_saved)
+            SELECT c.package, c.day, COUNT(*), SUM(c.saved)
+            FROM counted c GROUP BY c.package, c.day
+            ORDER BY c.package, c.day
+            ON CONFLICT ON CONSTRAINT downloads_daily_pk DO UPDATE
+            SET downloads = d.downloads + EXCLUDED.downloads,
+                time_saved = d.time_saved + EXCLUDED.time_saved
+        ), totals AS (
+            INSERT INTO download_totals AS d (package, downloads, time_saved)
+            SELECT c.package, COUNT(*), SUM(c.saved)
+            FROM counted c GROUP BY c.package ORDER BY c.package
+            ON CONFLICT ON CONSTRAINT download_totals_pk DO UPDATE
+            SET downloads = d.downloads + EXCLUDED.downloads,
+                time_saved = d.time_saved + EXCLUDED.time_saved
+        )
+        INSERT INTO download_clients_daily AS d (day, installer, python,
+                                                 distro, arch, downloads)
+        SELECT c.day, c.installer, c.python, c.distro, c.arch, COUNT(*)
+        FROM counted c GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+        ON CONFLICT ON CONSTRAINT download_clients_daily_pk DO UPDATE
+        SET downloads = d.downloads + EXCLUDED.downloads;
+    END IF;
+
+    IF json_array_length(new_searches) > 0 THEN
+        INSERT INTO searches (
+            package, accessed_by, accessed_at, arch, distro_name,
+            distro_version, os_name, os_version, py_name, py_version,
+            installer_name, installer_version, setuptools_version,
+            distro_id, libc_name, libc_version, openssl_version, ci)
+        SELECT left(r.p, 200), r.h, to_timestamp(r.t), left(r.a, 100),
+               left(r.dn, 100), left(r.dv, 100), left(r."on", 100),
+               left(r.ov, 100), left(r.pn, 100), left(r.pv, 100),
+               left(r."in", 20), left(r.iv, 100), left(r.s, 100),
+               left(r.di, 100), left(r.ln, 100), left(r.lv, 100),
+               left(r.o, 200), r.c
+        FROM json_to_recordset(new_searches) AS r(
+            p VARCHAR, h INET, t DOUBLE PRECISION, a VARCHAR, dn VARCHAR,
+            dv VARCHAR, "on" VARCHAR, ov VARCHAR, pn VARCHAR, pv VARCHAR,
+            "in" VARCHAR, iv VARCHAR, s VARCHAR, di VARCHAR, ln VARCHAR,
+            lv VARCHAR, o VARCHAR, c BOOLEAN);
+    END IF;
+
+    IF json_array_length(new_project_hits) > 0 THEN
+        INSERT INTO project_page_hits
+        SELECT left(r.p, 200), r.h, to_timestamp(r.t), left(r.u, 2000),
+               COALESCE(r.b, false)
+        FROM json_to_recordset(new_project_hits) AS r(
+            p VARCHAR, h INET, t DOUBLE PRECISION, u VARCHAR, b BOOLEAN);
+    END IF;
+
+    IF json_array_length(new_json_hits) > 0 THEN
+        INSERT INTO project_json_downloads
+        SELECT left(r.p, 200), r.h, to_timestamp(r.t), left(r.u, 2000),
+               COALESCE(r.b, false)
+        FROM json_to_recordset(new_json_hits) AS r(
+            p VARCHAR, h INET, t DOUBLE PRECISION, u VARCHAR, b BOOLEAN);
+    END IF;
+
+    IF json_array_length(new_page_hits) > 0 THEN
+        INSERT INTO web_page_hits
+        SELECT left(r.p, 100), r.h, to_timestamp(r.t), left(r.u, 2000),
+               COALESCE(r.b, false)
+        FROM json_to_recordset(new_page_hits) AS r(
+            p VARCHAR, h INET, t DOUBLE PRECISION, u VARCHAR, b BOOLEAN);
+    END IF;
+    RETURN true;
+END;
+$plpgsql$;
+
+-- prune_hits: forget raw hits older than "days" days (none when days is 0
+-- or less) and the ids of batches recorded more than a day ago; the daily
+-- counts stay.  Returns how many raw hits went.
+CREATE FUNCTION prune_hits(days INTEGER) RETURNS BIGINT
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+DECLARE
+    cutoff TIMESTAMP WITH TIME ZONE := CURRENT_TIMESTAMP - days * INTERVAL '1 day';
+    removed BIGINT := 0;
+    n BIGINT;
+BEGIN
+    DELETE FROM hit_batches
+    WHERE recorded_at < CURRENT_TIMESTAMP - INTERVAL '1 day';
+    IF days <= 0 THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM downloads WHERE accessed_at < cutoff;
+    GET DIAGNOSTICS n = ROW_COUNT; removed := removed + n;
+    DELETE FROM searches WHERE accessed_at < cutoff;
+    GET DIAGNOSTICS n = ROW_COUNT; removed := removed + n;
+    DELETE FROM project_page_hits WHERE accessed_at < cutoff;
+    GET DIAGNOSTICS n = ROW_COUNT; removed := removed + n;
+    DELETE FROM project_json_downloads WHERE accessed_at < cutoff;
+    GET DIAGNOSTICS n = ROW_COUNT; removed := removed + n;
+    DELETE FROM web_page_hits WHERE accessed_at < cutoff;
+    GET DIAGNOSTICS n = ROW_COUNT; removed := removed + n;
+    RETURN removed;
+END;
+$plpgsql$;
+
+-- log_download: one download, as a batch of one without an id
 CREATE FUNCTION log_download(
     fname VARCHAR, host INET, at TIMESTAMP WITH TIME ZONE,
     arch VARCHAR DEFAULT NULL, distro_name VARCHAR DEFAULT NULL,
@@ -767,11 +1020,12 @@ CREATE FUNCTION log_download(
 ) RETURNS VOID
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
 AS $sql$
-    INSERT INTO downloads VALUES (
-        fname, host, at, left(arch, 100), left(distro_name, 100),
-        left(distro_version, 100), left(os_name, 100), left(os_version, 100),
-        left(py_name, 100), left(py_version, 100), left(installer_name, 20),
-        left(installer_version, 100), left(setuptools_version, 100))
+    SELECT log_hits(NULL, json_build_array(json_build_object(
+        'f', fname, 'h', host, 't', extract(EPOCH FROM at), 'a', arch,
+        'dn', distro_name, 'dv', distro_version, 'on', os_name,
+        'ov', os_version, 'pn', py_name, 'pv', py_version,
+        'in', installer_name, 'iv', installer_version,
+        's', setuptools_version)), '[]', '[]', '[]', '[]');
 $sql$;
 
 CREATE FUNCTION log_search(
@@ -845,9 +1099,9 @@ AS $sql$
         (SELECT COALESCE(SUM(duration), INTERVAL '0') FROM builds),
         (SELECT COUNT(*) FROM files),
         (SELECT COALESCE(SUM(filesize), 0)::BIGINT FROM files),
-        (SELECT COUNT(*) FROM downloads
-         WHERE accessed_at > CURRENT_TIMESTAMP - INTERVAL '30 days'),
-        (SELECT COUNT(*) FROM downloads)
+        (SELECT COALESCE(SUM(d.downloads), 0)::BIGINT FROM downloads_daily d
+         WHERE d.day > (CURRENT_TIMESTAMP AT TIME ZONE 'UTC')::DATE - 30),
+        (SELECT COALESCE(SUM(t.downloads), 0)::BIGINT FROM download_totals t)
 $sql$;
 
 CREATE FUNCTION get_queue_lengths()
@@ -862,31 +1116,83 @@ AS $sql$
 $sql$;
 
 -- get_search_index: every package with its description and downloads in
--- the last 30 days and all time, most downloaded first
+-- the last 30 days (today included) and all time, most downloaded first
 CREATE FUNCTION get_search_index()
 RETURNS TABLE (package VARCHAR, description VARCHAR,
                downloads_recent BIGINT, downloads_all BIGINT)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
 AS $sql$
-    WITH counts AS (
-        SELECT
-            f.package_tag AS tag,
-            COUNT(*) FILTER (
-                WHERE d.accessed_at > CURRENT_TIMESTAMP - INTERVAL '30 days'
-            ) AS recent,
-            COUNT(*) AS total
-        FROM downloads d JOIN files f ON f.filename = d.filename
-        GROUP BY f.package_tag
+    WITH recent AS (
+        SELECT d.package, SUM(d.downloads) AS downloads
+        FROM downloads_daily d
+        WHERE d.day > (CURRENT_TIMESTAMP AT TIME ZONE 'UTC')::DATE - 30
+        GROUP BY d.package
     )
     SELECT p.package, p.description,
-           COALESCE(SUM(c.recent), 0)::BIGINT,
-           COALESCE(SUM(c.total), 0)::BIGINT
+           COALESCE(r.downloads, 0)::BIGINT, COALESCE(t.downloads, 0)::BIGINT
     FROM packages p
-    LEFT JOIN counts c
-        ON lower(regexp_replace(c.tag, '[-_.]+', '-', 'g')) = p.package
+    LEFT JOIN recent r ON r.package = p.package
+    LEFT JOIN download_totals t ON t.package = p.package
     WHERE p.skip = ''
-    GROUP BY p.package, p.description
     ORDER BY 3 DESC, p.package
+$sql$;
+
+-- get_project_downloads: one project's downloads in the last 30 days
+-- (today included) and all time
+CREATE FUNCTION get_project_downloads(pkg VARCHAR)
+RETURNS TABLE (downloads_recent BIGINT, downloads_all BIGINT)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT
+        (SELECT COALESCE(SUM(d.downloads), 0)::BIGINT FROM downloads_daily d
+         WHERE d.package = pkg
+         AND d.day > (CURRENT_TIMESTAMP AT TIME ZONE 'UTC')::DATE - 30),
+        (SELECT COALESCE(SUM(t.downloads), 0)::BIGINT FROM download_totals t
+         WHERE t.package = pkg)
+$sql$;
+
+-- get_download_statistics: the statistics page's tables for the last
+-- "days" days: downloads by installer, Python, distribution and CPU, the 20
+-- most downloaded projects, and the build time downloads saved ("saved"
+-- over the days, "saved_all" of all time)
+CREATE FUNCTION get_download_statistics(days INTEGER)
+RETURNS TABLE (kind VARCHAR, name VARCHAR, downloads BIGINT,
+               time_saved INTERVAL)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    WITH clients AS (
+        SELECT c.* FROM download_clients_daily c
+        WHERE c.day > (CURRENT_TIMESTAMP AT TIME ZONE 'UTC')::DATE - days
+    ), projects AS (
+        SELECT d.package, SUM(d.downloads)::BIGINT AS downloads,
+               SUM(d.time_saved) AS time_saved
+        FROM downloads_daily d
+        WHERE d.day > (CURRENT_TIMESTAMP AT TIME ZONE 'UTC')::DATE - days
+        GROUP BY d.package
+    )
+    (SELECT 'installer'::VARCHAR, c.installer, SUM(c.downloads)::BIGINT,
+            NULL::INTERVAL
+     FROM clients c GROUP BY c.installer)
+    UNION ALL
+    (SELECT 'python', c.python, SUM(c.downloads)::BIGINT, NULL
+     FROM clients c GROUP BY c.python)
+    UNION ALL
+    (SELECT 'distro', c.distro, SUM(c.downloads)::BIGINT, NULL
+     FROM clients c GROUP BY c.distro)
+    UNION ALL
+    (SELECT 'arch', c.arch, SUM(c.downloads)::BIGINT, NULL
+     FROM clients c GROUP BY c.arch)
+    UNION ALL
+    (SELECT 'project', p.package, p.downloads, p.time_saved
+     FROM projects p ORDER BY p.downloads DESC, p.package LIMIT 20)
+    UNION ALL
+    (SELECT 'saved', '', COALESCE(SUM(p.downloads), 0)::BIGINT,
+            COALESCE(SUM(p.time_saved), INTERVAL '0')
+     FROM projects p)
+    UNION ALL
+    (SELECT 'saved_all', '', COALESCE(SUM(t.downloads), 0)::BIGINT,
+            COALESCE(SUM(t.time_saved), INTERVAL '0')
+     FROM download_totals t)
 $sql$;
 
 -------------------------------------------------------------------------------
@@ -965,17 +1271,16 @@ AS $sql$
 $sql$;
 
 -- get_downloads_per_day: downloads for each UTC day of the last "days"
--- days, through downloads_accessed_at
+-- days, from downloads_daily (through downloads_daily_day)
 CREATE FUNCTION get_downloads_per_day(days INTEGER)
 RETURNS TABLE (day DATE, downloads BIGINT)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
 AS $sql$
-    SELECT (d.accessed_at AT TIME ZONE 'UTC')::DATE, COUNT(*)
-    FROM downloads d
-    WHERE d.accessed_at >= (date_trunc('day', CURRENT_TIMESTAMP AT TIME ZONE 'UTC')
-                            - (days - 1) * INTERVAL '1 day') AT TIME ZONE 'UTC'
-    GROUP BY 1
-    ORDER BY 1
+    SELECT d.day, SUM(d.downloads)::BIGINT
+    FROM downloads_daily d
+    WHERE d.day > (CURRENT_TIMESTAMP AT TIME ZONE 'UTC')::DATE - days
+    GROUP BY d.day
+    ORDER BY d.day
 $sql$;
 
 -- record_queue_lengths: get_queue_lengths, also kept as this hour's sample

@@ -212,7 +212,7 @@ def test_rate_limited_job_coalesces_requests():
 
 @pytest.mark.parametrize("function, index", [
     ("get_builds_per_day", "builds_built_at"),
-    ("get_downloads_per_day", "downloads_accessed_at"),
+    ("get_downloads_per_day", "downloads_daily_day"),
 ])
 def test_chart_series_are_read_through_the_time_indexes(test_db, function,
                                                         index):
