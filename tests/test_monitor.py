@@ -131,7 +131,10 @@ def test_task_texts(model):
     row.data.update(status="building", kill_requested=True)
     assert model.task_text(row) == \
         "Building numpy 2.1.3 (stops after this build)"
-    row.data.update(status="idle", sleeping=True, kill_requested=False)
+    row.data.update(kill_now=True)
+    assert model.task_text(row) == "Building numpy 2.1.3 (being stopped now)"
+    row.data.update(status="idle", sleeping=True, kill_requested=False,
+                    kill_now=False)
     assert model.task_text(row) == "Sleeping"
     assert model.state(row) == "sleeping"
 
@@ -728,3 +731,61 @@ def test_bad_endpoint_is_a_usage_error(capsys):
     assert cli.main(["-c", os.devnull, "--control-queue", "nonsense:x"]) \
         == 2
     assert "is not an endpoint description" in capsys.readouterr().err
+
+
+# remote: the real control hub over TLS ---------------------------------------
+
+
+@pytest.mark.parametrize("secret, expected", [
+    (None, "connected"),
+    (b"w" * 32, "does not know our secret"),
+])
+@pytest_twisted.ensureDeferred
+async def test_remote_master_over_tls(reactor, tmp_path, secret, expected):
+    from piwtwist.master.build_queue import BuildQueue
+    from piwtwist.master.builder_hub import BuilderHub
+    from piwtwist.master.control_hub import (ControlHub,
+                                             control_needs_authentication)
+    from tests.test_builder_tls import self_signed
+    from tests.test_builder_hub import SECRET, FakeReceiver, entry
+    from tests.test_control_hub import FiguresDatabase
+    key_path, cert_path = self_signed(tmp_path)
+    db = FiguresDatabase([entry("foo")])
+    queue = BuildQueue(db, reactor, size=10)
+    hub = BuilderHub(db, queue, FakeReceiver(tmp_path), reactor, SECRET,
+                     tmp_path, index_url="https://idx/")
+    control = ControlHub(hub, queue, db, reactor, secret=SECRET,
+                         output_path=tmp_path, abis=["cp311"])
+    listen = (f"ssl:0:interface=127.0.0.1:privateKey={key_path}:"
+              f"certKey={cert_path}")
+    for s in (queue, hub, control):
+        s.startService()
+    port = await endpoints.serverFromString(reactor, listen).listen(
+        control.factory(control_needs_authentication(listen)))
+    address = (f"tls:localhost:{port.getHost().port}:"
+               f"trustRoots={cert_path.parent}")
+    model = Model(reactor)
+    states = []
+    link = MasterConnection(
+        reactor, endpoints.clientFromString(reactor, address), address,
+        model, secret=secret or SECRET, on_state=states.append,
+        initial_delay=0.05, max_delay=0.2)
+    link.startService()
+    try:
+        if expected == "connected":
+            await until(reactor, lambda: model.master is not None)
+            assert states[-1] is None
+            await link.control(proto.PAUSE)
+            assert hub.paused and model.paused
+        else:
+            await until(reactor, lambda: states[-1] and expected in
+                        states[-1])
+            assert states[-1] == (
+                f"Waiting for the master at {address}: the master at the "
+                f"other end does not know our secret; not talking to it")
+            assert model.master is None and not hub.paused
+    finally:
+        await link.stopService()
+        await port.stopListening()
+        for s in (control, hub, queue):
+            await s.stopService()

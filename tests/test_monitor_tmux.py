@@ -113,14 +113,14 @@ def deployment(test_db, package_index):
 @pytest_twisted.ensureDeferred
 async def test_a_person_watches_and_steers_the_master(
         reactor, deployment, tmp_path):
-    socket = deployment.root / "master" / "control.sock"
-    control = ["--control-queue", f"unix:{socket}"]
+    # the deployment's master listens there
+    control = ["--control-queue", f"unix:{deployment.control_socket}"]
     log_file = tmp_path / "monitor.log"
     terminal = Terminal(reactor, shlex.join([
         str(MONITOR), "-c", os.devnull, *control, "-l", str(log_file)]),
         tmp_path)
     try:
-        await _session(reactor, deployment, terminal, control)
+        await _session(reactor, deployment, terminal)
     except BaseException:
         terminal.save("failure")
         print(f"monitor log:\n{_read(log_file)}\n{deployment.logs()}")
@@ -138,14 +138,14 @@ def _read(path):
         return ""
 
 
-async def _session(reactor, deployment, terminal, control):
+async def _session(reactor, deployment, terminal):
     abi = deployment.abi
     # started before the master: it says it waits
     screen = await terminal.wait_for("Waiting for the master at unix:",
                                      "the monitor to wait for the master")
     terminal.save("waiting-before-the-master")
 
-    master = deployment.start_master(*control)
+    master = deployment.start_master()
     deployment.start_builder("pi-one")
     deployment.start_builder("pi-two")
     screen = await terminal.wait_for(
@@ -218,7 +218,7 @@ async def _session(reactor, deployment, terminal, control):
     assert "Traceback" not in master.log(), master.log()
 
     # the master comes back; the monitor shows it without a restart
-    deployment.start_master(*control)
+    deployment.start_master()
     screen = await terminal.wait_for(
         lambda s: "piw-monitor: master" in s.splitlines()[0] and
         row_of(s, "pi-one") and row_of(s, "pi-two") and "x " not in

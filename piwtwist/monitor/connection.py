@@ -92,7 +92,8 @@ class MasterConnection(service.MultiService):
         self.last_heard = None
         self._quiet_check = None
         self.client = internet.ClientService(
-            endpoint, Factory.forProtocol(lambda: MonitorProtocol(self)),
+            endpoint, _quiet(Factory.forProtocol(
+                lambda: MonitorProtocol(self))),
             retryPolicy=lambda attempt: backoff(attempt + self.refusals),
             clock=clock)
         self.client.setServiceParent(self)
@@ -246,3 +247,10 @@ def run(d, log, what):
         d = defer.Deferred.fromCoroutine(d)
     d.addErrback(lambda failure: log.failure(what, failure))
     return d
+
+
+def _quiet(factory):
+    # reconnecting every few seconds would fill the log with factory
+    # start and stop lines
+    factory.noisy = False
+    return factory

@@ -308,6 +308,8 @@ class Model:
                 return "Not connected"
             if self.bye:
                 return f"Shutting down: {self.bye}"
+            if data.get("terminating"):
+                return "Terminating"
             waiting = sum((data.get("queue") or {}).values())
             built = sum((data.get("builds_last_hour") or {}).values())
             text = f"{waiting} queued, {built} built in the last hour"
@@ -343,8 +345,10 @@ class Model:
             text = "Sleeping"
         else:
             text = "Idle"
-        if data.get("kill_requested") and status not in ("stopping",
-                                                         "leaving"):
+        if data.get("kill_now") and status not in ("stopping", "leaving"):
+            text += " (being stopped now)"
+        elif data.get("kill_requested") and status not in ("stopping",
+                                                           "leaving"):
             text += " (stops after this build)"
         return text
 

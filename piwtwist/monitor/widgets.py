@@ -206,7 +206,7 @@ def detail_lines(model, row):
             + ("" if behind is None else f", {behind} events behind"),
             f"Queue: {_per_abi(data.get('queue'))}",
             f"Builds last hour: {_per_abi(built)}{rate}",
-            f"Downloads last hour: {row.get('downloads_last_hour', 0)}",
+            f"Downloads last hour: {row.get('downloads_last_hour', '?')}",
             f"Output disk: {m.size(data.get('disk_free'))} of "
             f"{m.size(data.get('disk_total'))} free",
             _machine_line(data.get("load"), data.get("cpu_count"),
@@ -371,6 +371,8 @@ def header_markup(model, waiting):
              f"{len(model.builders)} builder(s) ")
     if model.bye:
         return ("paused", f" The master is shutting down: {model.bye} ")
+    if master.get("terminating"):
+        return ("paused", " The master is shutting down ")
     if model.paused:
         return [("paused", " PAUSED "), ("header", facts)]
     return ("header", facts)
