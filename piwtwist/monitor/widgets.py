@@ -307,7 +307,7 @@ class Detail(urwid.WidgetWrap):
     def update(self, model, row):
         self.facts.set_text("\n".join(detail_lines(model, row)))
         self.graphs.set_text("\n".join(
-            ["last 10 minutes:"] + graph_lines(row, self.GRAPH_WIDTH))
+            ["last 10 min (mem, disk used)"] + graph_lines(row, self.GRAPH_WIDTH))
             if row is not None else "")
 
 
