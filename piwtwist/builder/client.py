@@ -205,6 +205,14 @@ class BuilderService(service.MultiService):
                 connection = await self.client.whenConnected()
             except defer.CancelledError:
                 return
+            if connection.lost.called:
+                # lost, and the client service has not heard yet (we run
+                # inside the connection's connectionLost): let the reactor
+                # turn so it can reconnect, instead of spinning on a dead
+                # connection forever
+                self.log.info("connection to the master lost; reconnecting")
+                await self._pause(1.0)
+                continue
             try:
                 await self._step(connection)
             except (error.ConnectionLost, error.ConnectionDone,
