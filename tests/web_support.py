@@ -15,6 +15,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from twisted.internet import task, threads
 
 from piwtwist.db.records import BuildFile, BuildResult, Dependency
+from piwtwist.master.hit_recorder import HitRecorder
 from piwtwist.web.page_writer import PageWriter
 from piwtwist.web.server import site
 
@@ -137,7 +138,8 @@ async def settle(reactor, seconds=0.3):
 def serve(reactor, output, db=None):
     """Serve *output* with the master's own web server on loopback;
     returns (base URL, listening port)."""
-    port = reactor.listenTCP(0, site(output, db=db, clock=reactor),
+    hits = None if db is None else HitRecorder(db, reactor, flush_delay=0.1)
+    port = reactor.listenTCP(0, site(output, hits=hits),
                              interface="127.0.0.1")
     return f"http://127.0.0.1:{port.getHost().port}", port
 

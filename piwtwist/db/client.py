@@ -346,6 +346,41 @@ class Database:
     async def log_page(self, hit):
         await self._log_page_hit("log_page", hit)
 
+    async def log_hits(self, batch_id, downloads, searches, project_hits,
+                       json_hits, page_hits):
+        """Store a batch of hits in one transaction (rows as
+        :func:`piwtwist.master.hit_recorder.database_rows` makes them);
+        False when a batch of this id was stored before."""
+        return await self._scalar(
+            "SELECT log_hits(%s, %s::JSON, %s::JSON, %s::JSON, %s::JSON, "
+            "%s::JSON)",
+            (batch_id, *(json.dumps(rows, separators=(",", ":"))
+                         for rows in (downloads, searches, project_hits,
+                                      json_hits, page_hits))))
+
+    async def prune_hits(self, days):
+        """Forget raw hits older than *days* days (none for 0); returns how
+        many went."""
+        return await self._scalar("SELECT prune_hits(%s)", (days,))
+
+    async def get_project_downloads(self, package):
+        """(downloads in the last 30 days, downloads of all time)."""
+        rows = await self._rows("SELECT * FROM get_project_downloads(%s)",
+                                (package,))
+        return (rows[0].downloads_recent, rows[0].downloads_all)
+
+    async def get_download_statistics(self, days):
+        """The statistics page's download tables for the last *days*
+        days: {kind: [(name, downloads, time_saved), ...]}."""
+        rows = await self._rows("SELECT * FROM get_download_statistics(%s)",
+                                (days,))
+        tables = {}
+        for row in rows:
+            tables.setdefault(row.kind, []).append(
+                (row.name, row.downloads, row.time_saved))
+        return tables
+
+
     # the page writer's queue ---------------------------------------------
 
     async def load_rewrites_pending(self):

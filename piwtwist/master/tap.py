@@ -29,7 +29,9 @@ from .build_queue import BuildQueue
 from .builder_hub import (DEFAULT_PLATFORM_ALIASES, BuilderHub,
                           load_ticket_key)
 from .control_hub import ControlHub, control_needs_authentication
+from .hit_recorder import HitRecorder
 from .pypi_follower import new_pypi_follower, page_writer_listener
+from .tree_effects import TreeEffects
 from .systemd import notify_ready, notify_stopping
 
 
@@ -83,6 +85,9 @@ class Options(ToolOptions):
         ["platform-aliases", None, "linux_armv7l=linux_armv6l",
          "Platforms whose wheels also serve others: SOURCE=ALIAS[,ALIAS]...",
          _platform_aliases],
+        ["hit-retention", None, 90,
+         "Days to keep raw hits (downloads, searches, page views); the "
+         "daily counts are kept for ever.  0 keeps everything.", int],
         ["debug", None, None,
          "Log debug messages of one service (repeatable), e.g. "
          "'builder hub'."],
@@ -123,6 +128,9 @@ class Options(ToolOptions):
         except SecretError as e:
             raise usage.UsageError(str(e))
         self["output-path"] = Path(self["output-path"]).absolute()
+        if self["hit-retention"] < 0:
+            raise usage.UsageError(
+                "--hit-retention is a number of days (0 keeps every hit)")
         if isinstance(self["platform-aliases"], str):
             self["platform-aliases"] = _platform_aliases(
                 self["platform-aliases"])
@@ -171,6 +179,12 @@ class MasterService(service.MultiService):
             search_interval=10.0 if dev_mode else 300.0)
         self.page_writer.setServiceParent(self.dependents)
         self.hub.build_listeners.append(self.page_writer.build_finished)
+        # deletions recorded before a crash are finished, staged wheels of
+        # committed builds published and the tree audited, at start
+        self.tree_effects = TreeEffects(
+            self.db, output, reactor, self.receiver, self.page_writer,
+            platform_aliases=options["platform-aliases"])
+        self.tree_effects.setServiceParent(self.dependents)
         self.follower = None
         if not options["no-pypi-follow"]:
             self.follower = new_pypi_follower(
@@ -182,13 +196,14 @@ class MasterService(service.MultiService):
                 skip_pure_wheels=not options["build-pure-wheels"],
                 poll_interval=2.0 if dev_mode else 10.0)
             self.follower.page_listeners.append(
-                page_writer_listener(self.page_writer))
+                page_writer_listener(self.page_writer, self.tree_effects))
             self.follower.setServiceParent(self.dependents)
         self.admin = AdminHub(
             self.db, self.queue, self.receiver, self.page_writer, reactor,
             output, json_url=options["pypi-json"],
             platform_aliases=options["platform-aliases"],
-            build_listeners=self.hub.build_listeners)
+            build_listeners=self.hub.build_listeners,
+            tree_effects=self.tree_effects)
         self.admin.setServiceParent(self.dependents)
         strports.service(admin_listen_description(options["import-queue"]),
                          self.admin.factory()).setServiceParent(
@@ -206,10 +221,16 @@ class MasterService(service.MultiService):
                 require_authentication=control_needs_authentication(
                     control_queue)),
         ).setServiceParent(self.dependents)
+        self.hit_recorder = HitRecorder(
+            self.db, reactor, retention_days=options["hit-retention"])
+        self.hit_recorder.setServiceParent(self.dependents)
+        strports.service(admin_listen_description(options["log-queue"]),
+                         self.hit_recorder.factory()).setServiceParent(
+                             self.dependents)
         if options["http-endpoint"]:
             strports.service(
                 options["http-endpoint"],
-                web_site(output, db=self.db, clock=reactor),
+                web_site(output, hits=self.hit_recorder),
             ).setServiceParent(self.dependents)
 
     def startService(self):

@@ -13,24 +13,21 @@ behaves like those configurations:
   partial transfers), nor anything outside the tree; no directory listings;
   ``404.html`` for what is not there.
 
-Downloads, index and project page views are recorded straight through the
-database's hit loggers.  Recording is best effort: a failure is logged as a
-warning and never affects the response, and at most ``max_pending_hits``
-writes wait at once (beyond that hits are dropped, so a database outage
-cannot pile up memory).
+Downloads, searches and page views are classified by the same rules as
+``piw-logger``'s (:mod:`piwtwist.logger.classify`) and handed to the
+master's hit recorder, which writes them in batches.  Recording is best
+effort: it never affects the response, and the recorder bounds what waits.
 """
 
 import os
-from datetime import datetime, timezone
+import time
 from pathlib import Path
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server, static
 from twisted.web.util import redirectTo
 
-from ..db.records import DownloadHit, PageHit, SearchHit
-from .hits import client_address, client_details, is_bot
+from ..logger.classify import classify
 from .render import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE
 
 CONTENT_TYPES = {
@@ -78,14 +75,10 @@ class OutputTree(resource.Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, output_path, db=None, clock=None,
-                 max_pending_hits=100):
+    def __init__(self, output_path, hits=None):
         super().__init__()
         self.output = Path(output_path)
-        self.db = db
-        self.clock = clock
-        self.max_pending_hits = max_pending_hits
-        self._pending_hits = 0
+        self.hits = hits
 
     def render_HEAD(self, request):
         return self.render_GET(request)
@@ -126,7 +119,7 @@ class OutputTree(resource.Resource):
                 return self._not_found(request)
         elif not os.path.isfile(real):
             return self._not_found(request)
-        self._record(request, segments)
+        self._record(request)
         return self._send(request, path, media_type)
 
     def _send(self, request, path, media_type=None):
@@ -151,59 +144,26 @@ class OutputTree(resource.Resource):
 
     # hits -------------------------------------------------------------
 
-    def _record(self, request, segments):
-        if self.db is None or request.method != b"GET":
+    def _record(self, request):
+        """Hand the hit this request makes, if any, to the recorder; served
+        files only, so the status is 200."""
+        if self.hits is None or request.method != b"GET":
             return
-        host = client_address(getattr(request.getClientAddress(), "host", ""))
-        if host is None:
-            return
-        agent = (request.getHeader("user-agent") or "")[:2000]
-        now = datetime.now(timezone.utc)
-        parts = [s for s in segments if s]
-        hit = None
-        if len(parts) == 3 and parts[0] == "simple" and \
-                parts[2].endswith(".whl"):
-            hit = ("log_download", DownloadHit(
-                filename=parts[2], host=host, timestamp=now,
-                client=client_details(agent)))
-        elif len(parts) == 2 and parts[0] == "simple":
-            hit = ("log_search", SearchHit(
-                package=parts[1], host=host, timestamp=now,
-                client=client_details(agent)))
-        elif len(parts) == 2 and parts[0] == "project":
-            hit = ("log_project", PageHit(name=parts[1], host=host,
-                                          timestamp=now, user_agent=agent,
-                                          bot=is_bot(agent)))
-        elif len(parts) == 3 and parts[0] == "project" and parts[2] == "json":
-            hit = ("log_json", PageHit(name=parts[1], host=host,
-                                       timestamp=now, user_agent=agent,
-                                       bot=is_bot(agent)))
-        elif len(parts) <= 1 and (not parts or parts[0].endswith(".html")):
-            page = parts[0] if parts else "index.html"
-            hit = ("log_page", PageHit(name=page, host=host, timestamp=now,
-                                       user_agent=agent, bot=is_bot(agent)))
-        if hit is None:
-            return
-        if self._pending_hits >= self.max_pending_hits:
-            return
-        self._pending_hits += 1
         try:
-            d = defer.ensureDeferred(getattr(self.db, hit[0])(hit[1]))
-        except Exception as e:
-            d = defer.fail(e)
-        d.addErrback(self._hit_failed, hit[0])
-        d.addBoth(self._hit_done)
-
-    def _hit_failed(self, failure, kind):
-        self.log.warn("could not record a hit ({kind}): {why}", kind=kind,
-                      why=failure.getErrorMessage())
-
-    def _hit_done(self, _):
-        self._pending_hits -= 1
+            hit = classify(
+                "GET", request.uri.decode("latin-1"), 200,
+                request.getHeader("user-agent"),
+                getattr(request.getClientAddress(), "host", ""), time.time())
+            if hit is not None:
+                self.hits.record(hit)
+        except Exception:
+            self.log.failure("could not record a hit")
 
 
-def site(output_path, db=None, clock=None):
-    """A twisted.web Site serving the output tree."""
-    factory = server.Site(OutputTree(output_path, db=db, clock=clock))
+def site(output_path, hits=None):
+    """A twisted.web Site serving the output tree; *hits* (the master's
+    :class:`~piwtwist.master.hit_recorder.HitRecorder`) records what it
+    serves."""
+    factory = server.Site(OutputTree(output_path, hits=hits))
     factory.displayTracebacks = False
     return factory

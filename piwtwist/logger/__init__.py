@@ -1,0 +1,1 @@
+"""``piw-logger``: web-server logs into the master's download statistics."""
