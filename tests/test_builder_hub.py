@@ -15,9 +15,10 @@ from twisted.test import iosim
 from piwtwist import __version__
 from piwtwist.db.records import QueueEntry
 from piwtwist.master.build_queue import BuildQueue
-from piwtwist.master.builder_hub import BuilderHub
+from piwtwist.master.builder_hub import BuilderHub, build_identity
 from piwtwist.protocol import builder as proto
-from piwtwist.transfer.receiver import TransferFailed, publish_staged_file
+from piwtwist.protocol.transfer import FetchChunks
+from piwtwist.transfer.receiver import TransferFailed
 
 SECRET = b"s" * 32
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -50,25 +51,14 @@ class FakeReceiver:
         self.received = []
         self.abandoned = False
 
-    async def receive(self, call_remote, package, filename, size, sha256,
-                      publish=True):
+    async def receive(self, call_remote, package, filename, size, sha256):
         if self.fail:
             raise TransferFailed(self.fail)
-        assert not publish, "the hub publishes only after recording"
         self.received.append((package, filename, size, sha256))
-        path = self.staged_path(filename, sha256)
+        path = self.root / "simple" / package / filename
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"wheel")
         return path
-
-    def staged_path(self, filename, sha256):
-        return self.root / ".incoming" / "verified" / sha256 / filename
-
-    async def publish_staged(self, package, filename, size, sha256,
-                             aliases=(), replace=False):
-        publish_staged_file(self.root, self.staged_path(filename, sha256),
-                            package, filename, size, sha256, aliases,
-                            durable=False)
 
     def abandon(self):
         self.abandoned = True
@@ -97,6 +87,7 @@ class Harness:
 
     def connect(self):
         client_received = []
+        fetches = self.fetches = []
 
         class BuilderEnd(amp.AMP):
             @proto.Done.responder
@@ -108,6 +99,14 @@ class Harness:
             def bye(self, reason):
                 client_received.append(("bye", reason))
                 return {}
+
+            @FetchChunks.responder
+            def fetch_chunks(self, filename, offset, length):
+                # answered when the test says so
+                client_received.append(("fetch", filename, offset))
+                answer = defer.Deferred()
+                fetches.append(answer)
+                return answer
 
         factory = self.hub.factory()
         client, server, pump = iosim.connectedServerAndClient(
@@ -161,7 +160,7 @@ class Builder:
         return self.call(proto.Busy, **STATS)["action"]
 
     def report(self, package, version, status, files=(), log=b"the log",
-               reason=""):
+               reason="", **extra):
         for offset in range(0, len(log), 4):
             self.call(proto.BuildLog, offset=offset,
                       data=log[offset:offset + 4])
@@ -169,7 +168,7 @@ class Builder:
             proto.Built, package=package, version=version, status=status,
             duration=12.5, reason=reason, log_size=len(log),
             log_sha256=hashlib.sha256(log).hexdigest(),
-            files=list(files))["action"]
+            files=list(files), **extra)["action"]
 
 
 def wheel_facts(package, version="1.0", platform="linux_armv7l", deps=()):
@@ -477,8 +476,7 @@ def test_build_of_a_release_deleted_meanwhile_is_discarded(tmp_path):
     builder.report("foo", "1.0", True, files=[wheel_facts("foo")])
     builder.pump.flush()
     assert ("done", "foo", "1.0") in builder.received
-    # nothing was ever published: wheels wait for their build's commit
-    assert not (tmp_path / "simple").exists()
+    assert not list((tmp_path / "simple" / "foo").iterdir())
     assert harness.queue.held() == {}
     assert harness.builds == []
 
@@ -523,3 +521,92 @@ def test_a_failure_being_recorded_is_never_handed_out_again(tmp_path):
     harness.clock.advance(5)
     assert two.idle()["action"] == proto.SLEEP
     assert [b.package for b in harness.hub.db.logged] == [first]
+
+
+class SlowSender(FakeReceiver):
+    """Fetches every wheel in *pieces* pieces, each answered only when the
+    test pumps the connection."""
+
+    def __init__(self, root, pieces):
+        super().__init__(root)
+        self.pieces = pieces
+
+    async def receive(self, call_remote, package, filename, size, sha256,
+                      **options):
+        for piece in range(self.pieces):
+            await call_remote(FetchChunks, filename=filename, offset=piece,
+                              length=1)
+        return await super().receive(call_remote, package, filename, size,
+                                     sha256, **options)
+
+
+def test_a_builder_sending_slowly_is_not_taken_for_a_silent_one(tmp_path):
+    harness = Harness(tmp_path, [entry("foo")])
+    harness.hub.receiver = SlowSender(tmp_path, pieces=6)
+    builder = harness.connect()
+    builder.login()  # its busy timeout is 60 s
+    builder.idle()
+    assert builder.report("foo", "1.0", True,
+                          files=[wheel_facts("foo")]) == proto.SEND
+    for _ in range(6):
+        # each piece takes 50 s to come: 300 s in all, no ping meanwhile
+        harness.clock.advance(50)
+        assert not builder.lost
+        harness.fetches.pop(0).callback({})
+        builder.pump.flush()
+    assert len([r for r in builder.received if r[0] == "fetch"]) == 6
+    assert ("done", "foo", "1.0") in builder.received
+    assert [b.package for b in harness.db.logged] == ["foo"]
+    # once it has gone quiet for real, it is dropped as before
+    harness.clock.advance(61)
+    builder.pump.flush()
+    assert builder.lost
+
+
+def test_a_builder_back_while_its_result_is_recorded_gets_done(tmp_path):
+    harness = Harness(tmp_path, [entry("foo")])
+    harness.hub.db = SlowRecordingDatabase(harness.db.entries)
+    harness.queue.db = harness.hub.db
+    builder = harness.connect()
+    builder.login()
+    work = builder.idle()
+    wheel = wheel_facts("foo")
+    report = dict(files=[wheel], build_token="t" * 32)
+    assert builder.report("foo", "1.0", True, **report) == proto.SEND
+    assert len(harness.hub.db.pending) == 1  # fetched, being recorded
+    builder.client.transport.loseConnection()
+    builder.pump.flush()
+    again = harness.connect()
+    assert again.login(current_package="foo", current_version="1.0",
+                       current_ticket=work["ticket"])["resumed"] is True
+    # it reports the same result again and waits for Done, silently
+    assert again.report("foo", "1.0", True, **report) == proto.SEND
+    harness.clock.advance(120)  # twice its busy timeout: not dropped
+    again.pump.flush()
+    assert not again.lost
+    harness.hub.db.finish_all()
+    again.pump.flush()
+    assert ("done", "foo", "1.0") in again.received
+    # recorded once, fetched once
+    assert [b.package for b in harness.hub.db.logged] == ["foo"]
+    assert len(harness.receiver.received) == 1
+    assert harness.hub.connections[2].info.entry is None
+    assert again.idle()["action"] == proto.SLEEP
+    assert harness.queue.held() == {}
+
+
+def test_a_result_carries_its_identity_to_the_database(tmp_path):
+    harness = Harness(tmp_path, [entry("foo"), entry("bar")])
+    builder = harness.connect()
+    builder.login()
+    first = builder.idle()
+    builder.report(first["package"], "1.0", False, build_token="x" * 32)
+    second = builder.idle()
+    builder.report(second["package"], "1.0", False)
+    tokens = [b.token for b in harness.db.logged]
+    # bound to the build, so one build's token never stands for another's
+    assert tokens[0] == build_identity(entry(first["package"]), "x" * 32)
+    # a builder without a token of its own is known by its ticket
+    assert tokens[1] == build_identity(entry(second["package"]),
+                                       second["ticket"])
+    assert len(set(tokens)) == 2 and None not in tokens

@@ -180,6 +180,29 @@ async def test_failed_build_records_log_and_reason(db):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_build_with_a_token_is_recorded_once(db, test_db):
+    await db.set_build_abis(["cp39"])
+    await release(db, "foo", "1.0")
+    await release(db, "foo", "2.0")
+    one = wheel("foo", "1.0", "cp39", "cp39", "linux_armv7l")
+    built = attrs.evolve(success("foo", "1.0", "cp39", one), token="a" * 64)
+    first = await db.log_build(built)
+    # reported again (a reconnection, a retried commit): the same build
+    assert await db.log_build(built) == first
+    failed = attrs.evolve(failure("foo", "2.0", "cp39"), token="b" * 64)
+    second = await db.log_build(failed)
+    assert await db.log_build(failed) == second != first
+    assert test_db.sql("SELECT build_id, build_token FROM builds "
+                       "ORDER BY build_id") == [(first, "a" * 64),
+                                                (second, "b" * 64)]
+    assert (await db.get_statistics()).builds_count == 2
+    # without a token every report is a build of its own, as before
+    await db.log_build(failure("foo", "2.0", "cp39"))
+    await db.log_build(failure("foo", "2.0", "cp39"))
+    assert (await db.get_statistics()).builds_count == 4
+
+
+@pytest_twisted.ensureDeferred
 async def test_deleting_returns_the_files_to_remove(db):
     await db.set_build_abis(["cp39"])
     await release(db, "foo", "1.0")

@@ -1,20 +1,26 @@
 """The connection pool: schema check, concurrency, and surviving a database
 that goes away, against the real server."""
 
+from datetime import datetime, timedelta, timezone
+
+import attrs
 import psycopg2
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 
 from piwtwist.db.client import Database
+from piwtwist.db.records import BuildResult
 from piwtwist.db.pool import (
     ConnectionPool, DatabaseUnavailable, SchemaMismatch, resolve_dsn,
 )
 from piwtwist.db.schema import SCHEMA_VERSION
 
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
-async def started_pool(dsn, reactor, **kwargs):
-    pool = ConnectionPool(dsn, reactor, retry_delays=(0.1, 0.2), **kwargs)
+
+async def started_pool(dsn, reactor, pool_class=ConnectionPool, **kwargs):
+    pool = pool_class(dsn, reactor, retry_delays=(0.1, 0.2), **kwargs)
     pool.startService()
     await pool.ready
     return pool
@@ -82,8 +88,82 @@ async def test_survives_killed_connections(test_db, reactor):
         test_db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                     "WHERE usename = 'piwheels' AND datname = %s",
                     (test_db.name,))
+        await backends_gone(test_db, reactor)
+        # closed while idle: noticed before use, so even a statement that
+        # is not safe to repeat goes through on a new connection
         assert await db.add_new_package("after") is True
         assert await db.get_all_packages() == ["after", "before"]
+    finally:
+        await pool.stopService()
+
+
+async def backends_gone(test_db, reactor):
+    for _ in range(100):
+        if not test_db.sql("SELECT 1 FROM pg_stat_activity WHERE usename = "
+                           "'piwheels' AND datname = %s", (test_db.name,)):
+            return
+        await task.deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError("the terminated backends did not go away")
+
+
+class AnswerLosingPool(ConnectionPool):
+    """Its connections run the next *lose* statements (committing them,
+    as every statement outside a transaction does) and then fail as if the
+    connection had died before the answer came back."""
+
+    lose = 0
+
+    async def _connect(self):
+        connection = await super()._connect()
+        run_query = connection.runQuery
+
+        async def losing(*args, **kwargs):
+            result = await run_query(*args, **kwargs)
+            if self.lose:
+                self.lose -= 1
+                connection.close()
+                raise psycopg2.OperationalError(
+                    "server closed the connection unexpectedly")
+            return result
+
+        connection.runQuery = lambda *args, **kwargs: \
+            defer.Deferred.fromCoroutine(losing(*args, **kwargs))
+        return connection
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_answer_is_asked_again_only_when_that_is_safe(
+        test_db, reactor):
+    pool = await started_pool(test_db.master_dsn, reactor, size=1,
+                              pool_class=AnswerLosingPool)
+    db = Database(pool)
+    try:
+        await db.set_build_abis(["cp39"])
+        await db.add_new_package("foo")
+        await db.add_new_package_version("foo", "1.0", T0)
+        # a read is simply asked again
+        pool.lose = 1
+        assert await db.test_package("foo") is True
+        # a build with a token committed, its answer lost: asked again, it
+        # answers with the build it recorded, once
+        build = BuildResult(
+            package="foo", version="1.0", abi_tag="cp39", built_by=1,
+            duration=timedelta(seconds=5), status=False, output="boom",
+            reason="it broke", token="c" * 64)
+        pool.lose = 1
+        build_id = await db.log_build(build)
+        assert test_db.sql("SELECT build_id FROM builds") == [(build_id,)]
+        # a write that is not safe to repeat is not repeated: the caller
+        # learns that it may or may not have happened
+        pool.lose = 1
+        with pytest.raises(DatabaseUnavailable, match="may have taken"):
+            await db.add_new_package("bar")
+        assert await db.test_package("bar") is True
+        pool.lose = 1
+        with pytest.raises(DatabaseUnavailable):
+            await db.log_build(attrs.evolve(build, token=None))
+        assert len(test_db.sql("SELECT build_id FROM builds")) == 2
+        assert pool.lose == 0
     finally:
         await pool.stopService()
 

@@ -10,6 +10,7 @@ master only delays the report.
 
 import hashlib
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -42,6 +43,9 @@ class Job:
     stopped_by_master: bool = False
     #: the master's ticket for this assignment, shown after a reconnection
     ticket: str | None = None
+    #: this build's identity, sent with every report of it, so that the
+    #: master records it once however often it is reported
+    token: str = attrs.Factory(lambda: secrets.token_hex(16))
 
 
 #: Seconds between Busy pings while building (at most a fifth of the busy
@@ -395,7 +399,8 @@ class BuilderService(service.MultiService):
             status=outcome.status,
             duration=outcome.duration.total_seconds(),
             reason=outcome.reason or "", log_size=len(log),
-            log_sha256=hashlib.sha256(log).hexdigest(), files=files)
+            log_sha256=hashlib.sha256(log).hexdigest(), files=files,
+            build_token=job.token)
         if reply["action"] == proto.SEND:
             await defer.DeferredList([self._done, connection.lost],
                                      fireOnOneCallback=True,

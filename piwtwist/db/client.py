@@ -5,6 +5,8 @@ master's role may do nothing else) and turns its rows into the plain values
 of :mod:`piwtwist.db.records`.
 """
 
+import copy
+import functools
 import json
 from datetime import timezone
 
@@ -12,8 +14,8 @@ import attrs
 
 from .records import (
     Alias, Build, BuildAbi, BuildFile, DailyBuilds, DailyDownloads,
-    Dependency, PendingDeletion, ProjectBuild, ProjectFile, ProjectVersion,
-    QueueEntry, QueueSample, RewritePending, SearchEntry, Statistics,
+    Dependency, ProjectBuild, ProjectFile, ProjectVersion, QueueEntry,
+    QueueSample, RewritePending, SearchEntry, Statistics,
 )
 
 # Build logs are full of terminal escapes and the odd NUL byte, which
@@ -40,11 +42,32 @@ def _record(cls, row):
     return cls(**row._asdict())
 
 
+def retry_safe(method):
+    """Mark a :class:`Database` method whose statement may run twice: a
+    read, or a write whose second run changes nothing and answers as the
+    first did.  Only these are repeated when the connection is lost in the
+    middle of a statement; any other may have committed before its answer
+    was lost, and fails with ``DatabaseUnavailable`` instead."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        return method(self._retrying, *args, **kwargs)
+    call.retry_safe = True
+    return call
+
+
 class Database:
     """Asynchronous calls of piwtwist's SQL functions through *pool*."""
 
     def __init__(self, pool):
         self.pool = pool
+        # the same calls through a pool that repeats a statement once after
+        # a lost connection (inside a transaction nothing is repeated)
+        retrying = getattr(pool, "retrying", None)
+        self._retrying = self
+        if retrying is not None:
+            self._retrying = copy.copy(self)
+            self._retrying.pool = retrying()
+            self._retrying._retrying = self._retrying
 
     async def _rows(self, sql, params=()):
         return await self.pool.run_query(sql, params)
@@ -58,16 +81,20 @@ class Database:
 
     # configuration -------------------------------------------------------
 
+    @retry_safe
     async def get_schema_version(self):
         return await self._scalar("SELECT get_schema_version()")
 
+    @retry_safe
     async def get_pypi_serial(self):
         return await self._scalar("SELECT get_pypi_serial()")
 
+    @retry_safe
     async def set_pypi_serial(self, serial):
         """Save *serial*; the saved value never goes backwards."""
         return await self._scalar("SELECT set_pypi_serial(%s)", (serial,))
 
+    @retry_safe
     async def get_build_abis(self, include_skipped=False):
         rows = await self._rows("SELECT * FROM get_build_abis(%s)",
                                 (include_skipped,))
@@ -78,6 +105,7 @@ class Database:
         return await self._scalar("SELECT set_build_abis(%s::VARCHAR[])",
                                   (sorted(set(abis)),))
 
+    @retry_safe
     async def skip_build_abi(self, abi, reason):
         await self._rows("SELECT skip_build_abi(%s, %s)", (abi, reason))
 
@@ -87,26 +115,32 @@ class Database:
         return await self._scalar("SELECT add_new_package(%s, %s, %s)",
                                   (package, skip, description))
 
+    @retry_safe
     async def add_package_name(self, package, name, seen):
         await self._rows("SELECT add_package_name(%s, %s, %s)",
                          (package, name, _utc(seen)))
 
+    @retry_safe
     async def get_package_aliases(self, package):
         rows = await self._rows("SELECT * FROM get_package_aliases(%s)",
                                 (package,))
         return [_record(Alias, row) for row in rows]
 
+    @retry_safe
     async def set_package_description(self, package, description):
         await self._rows("SELECT set_package_description(%s, %s)",
                          (package, description))
 
+    @retry_safe
     async def get_package_description(self, package):
         return await self._scalar("SELECT get_package_description(%s)",
                                   (package,))
 
+    @retry_safe
     async def skip_package(self, package, reason):
         await self._rows("SELECT skip_package(%s, %s)", (package, reason))
 
+    @retry_safe
     async def get_package_skip(self, package):
         return await self._scalar("SELECT get_package_skip(%s)", (package,))
 
@@ -116,23 +150,28 @@ class Database:
             "SELECT add_new_package_version(%s, %s, %s, %s, %s)",
             (package, version, _utc(released), skip, requires_python))
 
+    @retry_safe
     async def update_version_details(self, package, version, released=None,
                                      requires_python=None):
         await self._rows("SELECT update_version_details(%s, %s, %s, %s)",
                          (package, version, _utc(released), requires_python))
 
+    @retry_safe
     async def skip_package_version(self, package, version, reason):
         await self._rows("SELECT skip_package_version(%s, %s, %s)",
                          (package, version, reason))
 
+    @retry_safe
     async def get_version_skip(self, package, version):
         return await self._scalar("SELECT get_version_skip(%s, %s)",
                                   (package, version))
 
+    @retry_safe
     async def yank_version(self, package, version, reason=""):
         await self._rows("SELECT yank_version(%s, %s, %s)",
                          (package, version, reason))
 
+    @retry_safe
     async def unyank_version(self, package, version):
         await self._rows("SELECT unyank_version(%s, %s)", (package, version))
 
@@ -146,20 +185,25 @@ class Database:
         return await self._column("SELECT * FROM delete_version(%s, %s)",
                                   (package, version))
 
+    @retry_safe
     async def test_package(self, package):
         return await self._scalar("SELECT test_package(%s)", (package,))
 
+    @retry_safe
     async def test_package_version(self, package, version):
         return await self._scalar("SELECT test_package_version(%s, %s)",
                                   (package, version))
 
+    @retry_safe
     async def get_all_packages(self):
         return await self._column("SELECT * FROM get_all_packages()")
 
+    @retry_safe
     async def get_all_package_versions(self):
         rows = await self._rows("SELECT * FROM get_all_package_versions()")
         return [(row.package, row.version) for row in rows]
 
+    @retry_safe
     async def get_project_versions(self, package):
         rows = await self._rows("SELECT * FROM get_project_versions(%s)",
                                 (package,))
@@ -170,25 +214,30 @@ class Database:
             for row in rows
         ]
 
+    @retry_safe
     async def get_project_files(self, package):
         rows = await self._rows("SELECT * FROM get_project_files(%s)",
                                 (package,))
         return [_record(ProjectFile, row) for row in rows]
 
+    @retry_safe
     async def get_version_files(self, package, version):
         return await self._column("SELECT * FROM get_version_files(%s, %s)",
                                   (package, version))
 
+    @retry_safe
     async def get_file_dependencies(self, filename):
         rows = await self._rows("SELECT * FROM get_file_dependencies(%s)",
                                 (filename,))
         return [_record(Dependency, row) for row in rows]
 
+    @retry_safe
     async def get_project_builds(self, package):
         rows = await self._rows("SELECT * FROM get_project_builds(%s)",
                                 (package,))
         return [_record(ProjectBuild, row) for row in rows]
 
+    @retry_safe
     async def get_project_dependencies(self, package):
         """Every published file's dependencies: file name -> tuple of
         :class:`Dependency` (files without any are left out)."""
@@ -200,10 +249,12 @@ class Database:
                 Dependency(row.tool, row.dependency))
         return {name: tuple(deps) for name, deps in found.items()}
 
+    @retry_safe
     async def get_preinstalled_apt_packages(self, abi):
         return await self._column(
             "SELECT * FROM get_preinstalled_apt_packages(%s)", (abi,))
 
+    @retry_safe
     async def add_preinstalled_apt_packages(self, abi, packages):
         await self._rows(
             "SELECT add_preinstalled_apt_packages(%s, %s::VARCHAR[])",
@@ -211,6 +262,7 @@ class Database:
 
     # builds ---------------------------------------------------------------
 
+    @retry_safe
     async def get_build_queue(self, limit, exclude=()):
         """Up to *limit* releases per ABI that want a build, newest first,
         leaving out the (abi, package, version) triples in *exclude*."""
@@ -222,6 +274,7 @@ class Database:
              [e[2] for e in exclude]))
         return [_record(QueueEntry, row) for row in rows]
 
+    @retry_safe
     async def get_queue_lengths(self):
         rows = await self._rows("SELECT * FROM get_queue_lengths()")
         return {row.abi_tag: row.queued for row in rows}
@@ -230,7 +283,10 @@ class Database:
         """Record a finished build (with its files and dependencies when it
         succeeded) in one transaction; returns the new build id.  A file
         recorded earlier with other bytes is refused (unique violation)
-        unless *replace_files*."""
+        unless *replace_files*.  A build with a ``token`` is recorded once:
+        the same token again returns the build recorded for it, so such a
+        call is safe to repeat."""
+        db = self._retrying if build.token else self
         if build.status:
             files = [attrs.asdict(f) for f in build.files]
             dependencies = [
@@ -239,31 +295,34 @@ class Database:
                 for filename, deps in build.dependencies.items()
                 for d in deps
             ]
-            return await self._scalar(
+            return await db._scalar(
                 "SELECT log_build_success(%s, %s, %s, %s, %s, %s, "
-                "%s::JSONB, %s::JSONB, %s, %s)",
+                "%s::JSONB, %s::JSONB, %s, %s, %s)",
                 (build.package, build.version, build.built_by,
                  build.duration, build.abi_tag, sanitize(build.output),
                  json.dumps(files), json.dumps(dependencies),
-                 build.builder_label, bool(replace_files)))
-        return await self._scalar(
-            "SELECT log_build_failure(%s, %s, %s, %s, %s, %s, %s, %s)",
+                 build.builder_label, bool(replace_files), build.token))
+        return await db._scalar(
+            "SELECT log_build_failure(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (build.package, build.version, build.built_by, build.duration,
              build.abi_tag, sanitize(build.output), build.reason,
-             build.builder_label))
+             build.builder_label, build.token))
 
     async def delete_build(self, package, version):
         """Forget a release's builds; returns the names of the files."""
         return await self._column("SELECT * FROM delete_build(%s, %s)",
                                   (package, version))
 
+    @retry_safe
     async def get_build(self, build_id):
         rows = await self._rows("SELECT * FROM get_build(%s)", (build_id,))
         return _record(Build, rows[0]) if rows else None
 
+    @retry_safe
     async def get_build_output(self, build_id):
         return await self._scalar("SELECT get_build_output(%s)", (build_id,))
 
+    @retry_safe
     async def get_build_files(self, build_id):
         rows = await self._rows("SELECT * FROM get_build_files(%s)",
                                 (build_id,))
@@ -271,30 +330,36 @@ class Database:
 
     # statistics, search and hits -----------------------------------------
 
+    @retry_safe
     async def get_statistics(self):
         rows = await self._rows("SELECT * FROM get_statistics()")
         return _record(Statistics, rows[0])
 
+    @retry_safe
     async def record_queue_lengths(self):
         """get_queue_lengths, also saved as this hour's sample."""
         rows = await self._rows("SELECT * FROM record_queue_lengths()")
         return {row.abi_tag: row.queued for row in rows}
 
+    @retry_safe
     async def get_queue_history(self, days):
         rows = await self._rows("SELECT * FROM get_queue_history(%s)",
                                 (days,))
         return [_record(QueueSample, row) for row in rows]
 
+    @retry_safe
     async def get_builds_per_day(self, days):
         rows = await self._rows("SELECT * FROM get_builds_per_day(%s)",
                                 (days,))
         return [_record(DailyBuilds, row) for row in rows]
 
+    @retry_safe
     async def get_downloads_per_day(self, days):
         rows = await self._rows("SELECT * FROM get_downloads_per_day(%s)",
                                 (days,))
         return [_record(DailyDownloads, row) for row in rows]
 
+    @retry_safe
     async def get_monitor_figures(self):
         """({abi: pending builds}, downloads in the last hour)."""
         rows = await self._rows("SELECT * FROM get_monitor_figures()")
@@ -304,11 +369,13 @@ class Database:
         return ({abi: int(n) for abi, n in queue.items()},
                 rows[0].downloads_last_hour)
 
+    @retry_safe
     async def get_recent_builds(self):
         """(abi, built_at, status) of every build of the last hour."""
         rows = await self._rows("SELECT * FROM get_recent_builds()")
         return [(row.abi_tag, row.built_at, row.status) for row in rows]
 
+    @retry_safe
     async def get_search_index(self):
         rows = await self._rows("SELECT * FROM get_search_index()")
         return [_record(SearchEntry, row) for row in rows]
@@ -346,6 +413,7 @@ class Database:
     async def log_page(self, hit):
         await self._log_page_hit("log_page", hit)
 
+    @retry_safe
     async def log_hits(self, batch_id, downloads, searches, project_hits,
                        json_hits, page_hits):
         """Store a batch of hits in one transaction (rows as
@@ -363,12 +431,14 @@ class Database:
         many went."""
         return await self._scalar("SELECT prune_hits(%s)", (days,))
 
+    @retry_safe
     async def get_project_downloads(self, package):
         """(downloads in the last 30 days, downloads of all time)."""
         rows = await self._rows("SELECT * FROM get_project_downloads(%s)",
                                 (package,))
         return (rows[0].downloads_recent, rows[0].downloads_all)
 
+    @retry_safe
     async def get_download_statistics(self, days):
         """The statistics page's download tables for the last *days*
         days: {kind: [(name, downloads, time_saved), ...]}."""
@@ -383,6 +453,7 @@ class Database:
 
     # the page writer's queue ---------------------------------------------
 
+    @retry_safe
     async def load_rewrites_pending(self):
         rows = await self._rows("SELECT * FROM load_rewrites_pending()")
         return [_record(RewritePending, row) for row in rows]
@@ -392,36 +463,3 @@ class Database:
                  "command": r.command} for r in pending]
         await self._rows("SELECT save_rewrites_pending(%s::JSONB)",
                          (json.dumps(data),))
-
-    # effects on the output tree ------------------------------------------
-
-    async def get_pending_deletions(self, limit=500):
-        """The oldest deletions the output tree owes the database, as
-        :class:`PendingDeletion` records."""
-        rows = await self._rows("SELECT * FROM get_pending_deletions(%s)",
-                                (limit,))
-        return [_record(PendingDeletion, row) for row in rows]
-
-    async def finish_deletions(self, deletion_ids):
-        """Forget deletions that have been carried out."""
-        await self._rows("SELECT finish_deletions(%s::BIGINT[])",
-                         (list(deletion_ids),))
-
-    async def get_files_by_name(self, filenames):
-        """{filename: (package, build_id, filesize, filehash)} of the
-        recorded files among *filenames*."""
-        rows = await self._rows("SELECT * FROM get_files_by_name(%s)",
-                                (list(filenames),))
-        return {row.filename: (row.package, row.build_id, row.filesize,
-                               row.filehash.strip()) for row in rows}
-
-    async def get_audit_facts(self, packages):
-        """{package: {filename: (filesize, filehash)}} for those of
-        *packages* the database knows."""
-        facts = {}
-        for row in await self._rows("SELECT * FROM get_audit_facts(%s)",
-                                    (list(packages),)):
-            files = facts.setdefault(row.package, {})
-            if row.filename is not None:
-                files[row.filename] = (row.filesize, row.filehash.strip())
-        return facts

@@ -3,11 +3,20 @@
 txpostgres gives one non-blocking connection at a time and does not
 reconnect by itself.  The pool keeps a few connections, lends one to each
 query, notices when PostgreSQL has gone away (restarted, connection killed)
-and connects again, retrying the failed query once so that a restart of the
-database costs a short delay instead of a crashed service.
+and connects again, so that a restart of the database costs a short delay
+instead of a crashed service.
+
+A connection PostgreSQL closed while it sat idle is noticed before it is
+lent, and any statement simply goes to another one.  A connection lost in
+the middle of a statement is another matter: the statement may have
+committed and only its answer been lost.  Such a statement is run again
+only when the caller says it is safe to (``retry=True``: a read, or a write
+made idempotent, see :func:`piwtwist.db.client.retry_safe`); any other
+fails with :class:`DatabaseUnavailable` and its caller decides.
 """
 
 import ipaddress
+import select
 from collections import deque
 
 import psycopg2
@@ -157,8 +166,17 @@ class ConnectionPool(service.Service):
             await self.ready
         if self._closing:
             raise DatabaseUnavailable("the database pool is shutting down")
-        if self._idle:
-            return self._idle.popleft()
+        while self._idle:
+            connection = self._idle.popleft()
+            if _alive(connection):
+                return connection
+            self.log.info("a database connection was closed while idle; "
+                          "reconnecting")
+            try:
+                connection.close()
+            except Exception:
+                pass
+            self._open -= 1
         if self._open < self.size:
             self._open += 1
             try:
@@ -198,11 +216,16 @@ class ConnectionPool(service.Service):
         self._open -= 1
         return failure
 
+    def retrying(self):
+        """This pool as seen by callers whose statements are all safe to
+        repeat after a lost connection."""
+        return _RetryingPool(self)
+
     # queries --------------------------------------------------------------
 
-    async def _use(self, work):
+    async def _use(self, work, retry=False):
         """Run ``work(connection)`` on a borrowed connection; on a lost
-        connection, reconnect and run it once more."""
+        connection, reconnect and run it once more if *retry*."""
         for attempt in (1, 2):
             connection = await self._acquire()
             try:
@@ -212,6 +235,11 @@ class ConnectionPool(service.Service):
                     self._release(connection)
                     raise
                 self._discard(connection)
+                if not retry:
+                    raise DatabaseUnavailable(
+                        f"lost the database connection during a statement "
+                        f"that may have taken effect: {str(e).strip()}"
+                    ) from e
                 if attempt == 2:
                     raise DatabaseUnavailable(
                         f"lost the database connection twice: "
@@ -222,20 +250,57 @@ class ConnectionPool(service.Service):
             self._release(connection)
             return result
 
-    async def run_query(self, sql, params=None):
-        """Rows of *sql* as named tuples."""
+    async def run_query(self, sql, params=None, retry=False):
+        """Rows of *sql* as named tuples.  *retry*: *sql* may run twice (see
+        the module's docstring)."""
         return await self._use(
-            lambda connection: connection.runQuery(sql, params))
+            lambda connection: connection.runQuery(sql, params), retry)
 
-    async def run_operation(self, sql, params=None):
+    async def run_operation(self, sql, params=None, retry=False):
         await self._use(
-            lambda connection: connection.runOperation(sql, params))
+            lambda connection: connection.runOperation(sql, params), retry)
 
-    async def run_interaction(self, interaction, *args, **kwargs):
-        """Run *interaction(cursor, ...)* inside one transaction."""
+    async def run_interaction(self, interaction, *args, retry=False,
+                              **kwargs):
+        """Run *interaction(cursor, ...)* inside one transaction; run it
+        again after a lost connection only if *retry*."""
         return await self._use(
             lambda connection: connection.runInteraction(
-                interaction, *args, **kwargs))
+                interaction, *args, **kwargs), retry)
+
+
+class _RetryingPool:
+    """A :class:`ConnectionPool` whose every statement is safe to repeat."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def run_query(self, sql, params=None):
+        return self.pool.run_query(sql, params, retry=True)
+
+    def run_operation(self, sql, params=None):
+        return self.pool.run_operation(sql, params, retry=True)
+
+    def run_interaction(self, interaction, *args, **kwargs):
+        return self.pool.run_interaction(interaction, *args, retry=True,
+                                         **kwargs)
+
+
+def _alive(connection):
+    """False for a connection PostgreSQL closed while it sat idle (a
+    restart, a terminated backend).  Nothing was sent on it, so whatever
+    was meant for it may go to another connection."""
+    try:
+        raw = connection.pollable()
+        if raw is None or raw.closed:
+            return False
+        poller = select.poll()
+        poller.register(raw.fileno(), select.POLLIN)
+        # we never LISTEN, so anything that arrives on an idle connection
+        # is the server's goodbye (an error, then the end of the stream)
+        return not poller.poll(0)
+    except (psycopg2.Error, OSError, ValueError):
+        return False
 
 
 def _sleep(reactor, seconds):

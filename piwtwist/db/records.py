@@ -54,6 +54,9 @@ class BuildResult:
     dependencies: dict = attrs.Factory(dict)
     reason: str = ""
     builder_label: str = ""
+    #: who reported it (a builder's token for this build): recorded once
+    #: however often it is reported or its commit retried
+    token: str | None = None
 
 
 @attrs.frozen
@@ -161,21 +164,6 @@ class RewritePending:
     package: str
     added_at: datetime
     command: str
-
-
-@attrs.frozen
-class PendingDeletion:
-    """Something the output tree must lose because the database lost it
-    (see ``pending_deletions`` in the schema); *recorded* says whether what
-    it names is recorded again meanwhile, so its files must stay."""
-
-    deletion_id: int
-    what: str
-    package: str
-    filename: str
-    location: str
-    build_id: int | None
-    recorded: bool
 
 
 @attrs.frozen

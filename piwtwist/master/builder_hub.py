@@ -38,7 +38,7 @@ from ..protocol import builder as proto
 from ..transfer.receiver import (AlreadyPublished, TransferFailed,
                                  TransferInterrupted)
 from .published_wheels import (DEFAULT_PLATFORM_ALIASES, alias_names,
-                               publish_build, wheel_problem, wheel_records)
+                               unpublish, wheel_problem, wheel_records)
 
 #: The largest build log accepted (builders send the head and tail of
 #: bigger ones).
@@ -71,6 +71,26 @@ class Orphan:
     entry: QueueEntry
     ticket: str
     expiry: object
+
+
+@attrs.define
+class Recording:
+    """A result being fetched and recorded.  Its builder may lose its
+    connection meanwhile and report the same result again on a new one:
+    ``connection`` is the latest, where Done goes."""
+
+    connection: object
+    token: str | None = None
+
+
+def build_identity(entry, token):
+    """What the database stores to record a result once: the builder's
+    token bound to the build it reported (so that one build's token can
+    never stand for another's)."""
+    if not token:
+        return None
+    message = "\0".join((entry.abi_tag, entry.package, entry.version, token))
+    return hashlib.sha256(message.encode("utf-8")).hexdigest()
 
 
 @attrs.define
@@ -119,6 +139,7 @@ class BuilderConnection(amp.AMP):
         self._challenge = None
         self._log = bytearray()
         self._watchdog = None
+        self._lost = False
         self._resuming = (None, None, None)
         #: the ticket of the build handed to this connection
         self.ticket = None
@@ -137,9 +158,24 @@ class BuilderConnection(amp.AMP):
         self._arm_watchdog(self.hub.hello_timeout)
 
     def connectionLost(self, reason):
+        self._lost = True
         super().connectionLost(reason)
         self._disarm_watchdog()
         self.hub.connection_lost(self)
+
+    def callRemote(self, command, **kwargs):
+        """Every answer the builder gives (a piece of a wheel, say) shows
+        that it is alive, as a ping does: a slow builder sending a big
+        wheel is never taken for a silent one."""
+        d = super().callRemote(command, **kwargs)
+        if d is not None:
+            d.addCallback(self._answered)
+        return d
+
+    def _answered(self, answer):
+        if self.authenticated and not self._lost:
+            self._seen()
+        return answer
 
     def _arm_watchdog(self, seconds):
         self._disarm_watchdog()
@@ -152,6 +188,11 @@ class BuilderConnection(amp.AMP):
 
     def _timed_out(self):
         self._watchdog = None
+        if self.info.status == "recording" and self.hub.recording_for(self):
+            # it waits for Done while the master records its result: the
+            # silence is the master's
+            self._arm_watchdog(self.info.busy_timeout)
+            return
         self.log.warn("builder {id} ({label}) went quiet; dropping it",
                       id=self.info.builder_id, label=self.info.label)
         self.transport.abortConnection()
@@ -278,7 +319,7 @@ class BuilderConnection(amp.AMP):
 
     @proto.Built.responder
     def built(self, package, version, status, duration, reason, log_size,
-              log_sha256, files):
+              log_sha256, files, build_token=None):
         self._require_authentication()
         self._seen()
         entry = self.info.entry
@@ -296,8 +337,10 @@ class BuilderConnection(amp.AMP):
         self._log = bytearray()
         if status and not files:
             status, reason = False, "the build succeeded but made no wheel"
+        # the ticket stands for a builder that sends no token of its own
+        token = build_identity(entry, build_token or self.ticket)
         action = self.hub.built(self, entry, status, duration, reason,
-                                output, files)
+                                output, files, token=token)
         self.hub.changed(self)
         return {"action": action}
 
@@ -341,7 +384,8 @@ class BuilderHub(service.Service):
         self.connections = {}
         self._ids = count(1)
         self._orphans = {}
-        self._recording = set()
+        #: (abi, package, version) -> Recording
+        self._recording = {}
         self.build_listeners = []
         #: called with a builder's BuilderState whenever it changes; a
         #: state whose builder_id is no longer in ``connections`` is gone
@@ -538,7 +582,7 @@ class BuilderHub(service.Service):
         return proto.CONTINUE
 
     def built(self, connection, entry, status, duration, reason, output,
-              files):
+              files, token=None):
         state = connection.info
         if not status and (state.skip_requested or state.kill_now
                            or not self.queue.is_wanted(entry)):
@@ -549,13 +593,20 @@ class BuilderHub(service.Service):
             return proto.DONE
         state.status = "sending" if status else "recording"
         key = (entry.abi_tag, entry.package, entry.version)
-        if key in self._recording:
-            # the same result again (a reconnection mid-recording): the first
-            # attempt will finish the job and send Done
+        recording = self._recording.get(key)
+        if recording is not None:
+            # the same result again, from a builder that reconnected while
+            # it was being recorded: the first attempt finishes the job and
+            # sends Done here, where the builder now waits for it
+            recording.connection = connection
+            state.status = "recording"
+            if not status:
+                self._unassign(connection)
             return proto.SEND if status else proto.DONE
-        self._recording.add(key)
+        self._recording[key] = Recording(connection=connection, token=token)
         d = defer.Deferred.fromCoroutine(self._record(
-            connection, entry, status, duration, reason, output, files))
+            connection, entry, status, duration, reason, output, files,
+            token))
         d.addBoth(self._recorded, key)
         if not status:
             # the builder is done with it; the recording owns it now
@@ -564,20 +615,33 @@ class BuilderHub(service.Service):
 
     def _recorded(self, result, key):
         # _record logs its own failures; this only ends the bookkeeping
-        self._recording.discard(key)
+        self._recording.pop(key, None)
+
+    def recording_for(self, connection):
+        """Whether a result is being recorded for *connection*."""
+        return any(r.connection is connection
+                   for r in self._recording.values())
+
+    def _reporter(self, entry, connection):
+        """The connection the builder of *entry* reported on last: a
+        reconnection may have replaced *connection* while recording."""
+        recording = self._recording.get(
+            (entry.abi_tag, entry.package, entry.version))
+        return connection if recording is None else recording.connection
 
     async def _record(self, connection, entry, status, duration, reason,
-                      output, files):
+                      output, files, token=None):
         state = connection.info
         build = BuildResult(
             package=entry.package, version=entry.version,
             abi_tag=entry.abi_tag, built_by=state.builder_id,
             builder_label=state.label,
             duration=timedelta(seconds=max(duration, 0.0)),
-            status=status, output=output, reason=reason)
+            status=status, output=output, reason=reason, token=token)
+        published = []
         try:
             if status:
-                build = await self._fetch_files(
+                build, published = await self._fetch_files(
                     connection, entry, build, files)
                 if state.entry == entry:
                     state.status = "recording"
@@ -589,23 +653,19 @@ class BuilderHub(service.Service):
                 # what it recorded stands
                 reason = str(e).strip().splitlines()[0]
                 connection.refuse("{reason}", reason=reason)
+                unpublish(self.output_path, published)
+                published = []
                 build = self._failed(build, reason, files=(),
                                      dependencies={})
                 await self.db.log_build(build)
-            if build.status:
-                # committed: only now may its wheels be seen
-                for problem in await publish_build(
-                        self.receiver, entry.package, files,
-                        self.platform_aliases):
-                    self.log.error("{problem}; the tree audit will publish "
-                                   "it", problem=problem)
         except TransferInterrupted as e:
             self.log.info("transfer from builder {id} ({label}) interrupted "
                           "({error}); it will resume when the builder "
                           "reconnects", id=state.builder_id,
                           label=state.label, error=str(e))
+            connection = self._reporter(entry, connection)
             if connection.transport is not None and \
-                    state.builder_id in self.connections:
+                    connection.info.builder_id in self.connections:
                 # it stopped answering but is still connected: drop it, so
                 # that it reconnects (and resumes), or its build is given
                 # to another builder once it has been gone a while
@@ -619,7 +679,7 @@ class BuilderHub(service.Service):
                               "again", package=entry.package,
                               version=entry.version, error=str(e),
                               id=state.builder_id)
-                connection.transport.abortConnection()
+                self._reporter(entry, connection).transport.abortConnection()
             else:
                 self.log.warn("could not record the failed build of "
                               "{package} {version}: {error}; it goes back to "
@@ -629,21 +689,24 @@ class BuilderHub(service.Service):
             return
         except psycopg2.IntegrityError as e:
             # the release went away (deleted on PyPI) while it was built:
-            # nothing to record, and nothing was published (its staged
-            # wheels are purged in a day)
+            # nothing to record, and its wheels must not stay published
             self.log.warn("{package} {version} is gone; discarding its build "
                           "({error})", package=entry.package,
                           version=entry.version, error=str(e).strip())
+            unpublish(self.output_path, published)
             build = None
         except Exception:
             self.log.failure("recording {package} {version} failed",
                              package=entry.package, version=entry.version)
-            connection.transport.abortConnection()
+            self._reporter(entry, connection).transport.abortConnection()
             return
         self.queue.finish(entry)
-        if state.entry == entry:
-            self._unassign(connection)
-            self.changed(connection)
+        reporter = self._reporter(entry, connection)
+        for holder in dict.fromkeys((connection, reporter)):
+            if holder.info.entry == entry:
+                self._unassign(holder)
+                self.changed(holder)
+        connection = reporter
         orphan = self._orphans.pop((entry.abi_tag, entry.package,
                                     entry.version), None)
         if orphan is not None and orphan.expiry.active():
@@ -681,51 +744,61 @@ class BuilderHub(service.Service):
             **changes)
 
     async def _fetch_files(self, connection, entry, build, files):
-        """Fetch and verify every wheel into the incoming directory, where
-        it waits until the build is committed.  A wheel that does not match
-        its file name or the build, that will not verify, or that would
-        replace published bytes turns the build into a failure that says
-        why.  Returns the build with its :class:`BuildFile` records."""
+        """Fetch and verify every wheel.  A wheel that does not match its
+        file name or the build, that will not verify, or that would replace
+        published bytes turns the build into a failure that says why, and
+        nothing it published stays.  Returns the build and the
+        :class:`BuildFile` records of the files it published."""
         names = []
         for wheel in files:
             problem = wheel_problem(entry.package, entry.version, wheel,
                                     abi=entry.abi_tag)
             if problem:
                 connection.refuse("{problem}", problem=problem)
-                return self._failed(build, problem)
+                return self._failed(build, problem), []
             names.append(wheel["filename"])
             names.extend(alias_names(wheel["filename"],
                                      self.platform_aliases))
         if len(set(names)) != len(names):
             problem = "the same file name appears twice among the wheels"
             connection.refuse("{problem}", problem=problem)
-            return self._failed(build, problem)
-        recorded, dependencies = [], {}
+            return self._failed(build, problem), []
+        recorded, dependencies, published = [], {}, []
         try:
             for wheel in files:
                 filename = wheel["filename"]
+                existed = os.path.lexists(
+                    self.output_path / "simple" / entry.package / filename)
                 connection.info.sending_file = filename
                 connection.info.sending_size = wheel["filesize"]
                 self.changed(connection)
                 try:
-                    await self.receiver.receive(
+                    path = await self.receiver.receive(
                         connection.callRemote, entry.package, filename,
-                        wheel["filesize"], wheel["filehash"], publish=False)
+                        wheel["filesize"], wheel["filehash"])
                 finally:
                     connection.info.sending_file = None
                     connection.info.sending_size = None
-                for build_file, deps in wheel_records(
-                        entry.package, wheel, self.platform_aliases):
+                for build_file, deps, created in wheel_records(
+                        wheel, path, self.output_path, self.platform_aliases,
+                        created=not existed):
                     recorded.append(build_file)
                     dependencies[build_file.filename] = deps
+                    if created:
+                        published.append(build_file)
         except AlreadyPublished as e:
             connection.refuse("{problem}", problem=str(e))
-            return self._failed(build, str(e))
+            unpublish(self.output_path, published)
+            return self._failed(build, str(e)), []
         except TransferFailed as e:
+            unpublish(self.output_path, published)
             return self._failed(
-                build, f"{filename} failed to arrive intact: {e}")
+                build, f"{filename} failed to arrive intact: {e}"), []
+        except BaseException:
+            unpublish(self.output_path, published)
+            raise
         return attrs.evolve(build, files=tuple(recorded),
-                            dependencies=dependencies)
+                            dependencies=dependencies), published
 
     # controls -------------------------------------------------------------
 

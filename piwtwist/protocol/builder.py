@@ -20,9 +20,14 @@ Builder -> master:
                   answered by ``continue`` or ``stop``.
 ``BuildLog``      one piece of the build log (logs are larger than an AMP
                   value may be), sent before ``Built``.
-``Built``         the outcome: status, duration, the log's size and hash, and
-                  every wheel's facts; answered by ``send`` (the master will
-                  fetch the files) or ``done`` (nothing to fetch).
+``Built``         the outcome: status, duration, the log's size and hash,
+                  every wheel's facts and a token the builder made up for
+                  this build (the same however often it is reported, so the
+                  master records it once); answered by ``send`` (the master
+                  will fetch the files, then say ``Done``) or ``done``
+                  (nothing to fetch).  Reported again on a new connection
+                  while the master is still recording it, it is answered as
+                  the first report was, and ``Done`` comes on the new one.
 ``Bye``           I am going away.
 
 Master -> builder:
@@ -221,6 +226,8 @@ class Built(amp.Command):
         (b"log_size", amp.Integer()),
         (b"log_sha256", amp.Unicode()),
         (b"files", amp.AmpList(WHEEL_FACTS)),
+        # the identity of this result: a random token per build
+        (b"build_token", amp.Unicode(optional=True)),
     ]
     response = [(b"action", amp.Unicode())]
     errors = dict(_ERRORS)
