@@ -317,6 +317,17 @@ def test_sense_unit():
     assert service["User"] == "piwheels"
     assert {"input", "i2c", "video"} <= set(
         service["SupplementaryGroups"].split())
+    # sense_hat writes its sensor settings under ~/.config/sense_hat
+    assert service["Environment"] == "HOME=/var/lib/piwheels-sense"
+    assert service["StateDirectory"] == "piwheels-sense"
+
+
+def test_units_start_plugins_that_exist():
+    from twisted.application.service import IServiceMaker
+    from twisted.plugin import getPlugins
+    plugins = {plugin.tapname for plugin in getPlugins(IServiceMaker)}
+    for path in UNITS.glob("*.service"):
+        assert twistd_plugin(exec_start(read_unit(path.name))) in plugins
 
 
 def test_units_install_somewhere():
