@@ -136,6 +136,27 @@ CREATE TABLE hit_batches (
 );
 CREATE INDEX hit_batches_recorded_at ON hit_batches (recorded_at);
 
+-- pending_deletions: what the output tree must lose because the database
+-- lost it, recorded by triggers in the very transaction that deletes the
+-- rows, and removed by the master (finish_deletions) only once the files
+-- are gone, so that a crash in between is finished after the restart.
+-- what: 'project' (a package: its directories, pages and alias links),
+-- 'pages' (rewrite the package's pages), 'file' (a wheel and its
+-- .metadata at location), 'log' (the build log of build_id)
+CREATE TABLE pending_deletions (
+    deletion_id BIGSERIAL NOT NULL,
+    what        VARCHAR(8) NOT NULL,
+    package     VARCHAR(200) NOT NULL,
+    filename    VARCHAR(255) DEFAULT '' NOT NULL,
+    location    VARCHAR(500) DEFAULT '' NOT NULL,
+    build_id    INTEGER,
+    recorded_at TIMESTAMP WITH TIME ZONE DEFAULT CURRENT_TIMESTAMP NOT NULL,
+
+    CONSTRAINT pending_deletions_pk PRIMARY KEY (deletion_id),
+    CONSTRAINT pending_deletions_what_ck
+        CHECK (what IN ('project', 'pages', 'file', 'log'))
+);
+
 -- the counts of the downloads recorded so far
 INSERT INTO downloads_daily (package, day, downloads, time_saved)
 SELECT lower(regexp_replace(split_part(d.filename, '-', 1), '[-_.]+', '-',
@@ -855,6 +876,113 @@ AS $sql$
            f.package_version_tag, f.py_version_tag, f.abi_tag,
            f.platform_tag, f.requires_python, f.location
     FROM files f WHERE f.build_id = bid ORDER BY f.filename
+$sql$;
+
+-------------------------------------------------------------------------------
+-- Effects on the output tree (see docs/crash-consistency.md)
+-------------------------------------------------------------------------------
+
+-- record_deletion: the trigger behind pending_deletions, on packages,
+-- versions, builds and files (cascades included)
+CREATE FUNCTION record_deletion() RETURNS TRIGGER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+BEGIN
+    IF TG_TABLE_NAME = 'packages' THEN
+        INSERT INTO pending_deletions (what, package)
+        VALUES ('project', OLD.package);
+    ELSIF TG_TABLE_NAME = 'versions' THEN
+        INSERT INTO pending_deletions (what, package)
+        VALUES ('pages', OLD.package);
+    ELSIF TG_TABLE_NAME = 'builds' THEN
+        INSERT INTO pending_deletions (what, package, build_id)
+        VALUES ('log', OLD.package, OLD.build_id);
+    ELSIF TG_TABLE_NAME = 'files' THEN
+        -- the wheel's directory is its canonical project name, which is the
+        -- build's package (the master checks it before recording)
+        INSERT INTO pending_deletions (what, package, filename, location)
+        VALUES ('file',
+                lower(regexp_replace(OLD.package_tag, '[-_.]+', '-', 'g')),
+                OLD.filename, OLD.location);
+    END IF;
+    RETURN OLD;
+END;
+$plpgsql$;
+
+CREATE TRIGGER packages_deleted AFTER DELETE ON packages
+    FOR EACH ROW EXECUTE FUNCTION record_deletion();
+CREATE TRIGGER versions_deleted AFTER DELETE ON versions
+    FOR EACH ROW EXECUTE FUNCTION record_deletion();
+CREATE TRIGGER builds_deleted AFTER DELETE ON builds
+    FOR EACH ROW EXECUTE FUNCTION record_deletion();
+CREATE TRIGGER files_deleted AFTER DELETE ON files
+    FOR EACH ROW EXECUTE FUNCTION record_deletion();
+
+-- get_pending_deletions: the oldest "lim" deletions to carry out, each with
+-- whether what it names is recorded again (a file of the same name, a
+-- package created anew): then its files must stay
+CREATE FUNCTION get_pending_deletions(lim INTEGER)
+RETURNS TABLE (
+    deletion_id BIGINT, what VARCHAR, package VARCHAR, filename VARCHAR,
+    location VARCHAR, build_id INTEGER, recorded BOOLEAN
+)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT d.deletion_id, d.what, d.package, d.filename, d.location,
+           d.build_id,
+           CASE d.what
+               WHEN 'file' THEN EXISTS (
+                   SELECT 1 FROM files f WHERE f.filename = d.filename)
+               WHEN 'log' THEN EXISTS (
+                   SELECT 1 FROM builds b WHERE b.build_id = d.build_id)
+               ELSE EXISTS (
+                   SELECT 1 FROM packages p WHERE p.package = d.package)
+           END
+    FROM pending_deletions d
+    ORDER BY d.deletion_id
+    LIMIT lim
+$sql$;
+
+-- finish_deletions: the deletions whose files are gone
+CREATE FUNCTION finish_deletions(ids BIGINT[]) RETURNS VOID
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    DELETE FROM pending_deletions WHERE deletion_id = ANY(ids)
+$sql$;
+
+-- get_files_by_name: the recorded files of these names, with the package
+-- (directory) of their build
+CREATE FUNCTION get_files_by_name(fnames VARCHAR[])
+RETURNS TABLE (
+    package VARCHAR, build_id INTEGER, filename VARCHAR, filesize BIGINT,
+    filehash CHAR(64)
+)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT b.package, f.build_id, f.filename, f.filesize, f.filehash
+    FROM files f JOIN builds b ON b.build_id = f.build_id
+    WHERE f.filename = ANY(fnames)
+    ORDER BY f.filename
+$sql$;
+
+-- get_audit_facts: for the audit of the output tree, which of "pkgs" are
+-- known and every file recorded of each (filename NULL for a package
+-- without files)
+CREATE FUNCTION get_audit_facts(pkgs VARCHAR[])
+RETURNS TABLE (
+    package VARCHAR, filename VARCHAR, filesize BIGINT, filehash CHAR(64)
+)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT p.package, f.filename, f.filesize, f.filehash
+    FROM packages p
+    LEFT JOIN builds b ON b.package = p.package
+    LEFT JOIN files f ON f.build_id = b.build_id
+    WHERE p.package = ANY(pkgs)
+      AND (f.filename IS NOT NULL OR NOT EXISTS (
+          SELECT 1 FROM builds b2 JOIN files f2 ON f2.build_id = b2.build_id
+          WHERE b2.package = p.package))
+    ORDER BY p.package, f.filename
 $sql$;
 
 -------------------------------------------------------------------------------

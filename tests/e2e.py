@@ -159,6 +159,9 @@ class Deployment:
             "--secret-file", str(self.secret), "--no-pypi-follow",
             "--import-queue", f"unix:{self.import_socket}",
             "--control-queue", f"unix:{self.control_socket}",
+            # its own (a later --log-queue in *extra* wins): the default
+            # /tmp/piw-logger is locked by any other master running here
+            "--log-queue", f"unix:{directory / 'logger.sock'}",
             *(["--dev-mode"] if dev_mode else []), *extra,
         ], directory, self.user)
         self.services.append(master)

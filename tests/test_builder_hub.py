@@ -18,7 +18,7 @@ from piwtwist.master.build_queue import BuildQueue
 from piwtwist.master.builder_hub import BuilderHub, build_identity
 from piwtwist.protocol import builder as proto
 from piwtwist.protocol.transfer import FetchChunks
-from piwtwist.transfer.receiver import TransferFailed
+from piwtwist.transfer.receiver import TransferFailed, publish_staged_file
 
 SECRET = b"s" * 32
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -51,14 +51,25 @@ class FakeReceiver:
         self.received = []
         self.abandoned = False
 
-    async def receive(self, call_remote, package, filename, size, sha256):
+    async def receive(self, call_remote, package, filename, size, sha256,
+                      publish=True):
         if self.fail:
             raise TransferFailed(self.fail)
+        assert not publish, "the hub publishes only after recording"
         self.received.append((package, filename, size, sha256))
-        path = self.root / "simple" / package / filename
+        path = self.staged_path(filename, sha256)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"wheel")
         return path
+
+    def staged_path(self, filename, sha256):
+        return self.root / ".incoming" / "verified" / sha256 / filename
+
+    async def publish_staged(self, package, filename, size, sha256,
+                             aliases=(), replace=False):
+        publish_staged_file(self.root, self.staged_path(filename, sha256),
+                            package, filename, size, sha256, aliases,
+                            durable=False)
 
     def abandon(self):
         self.abandoned = True
@@ -476,7 +487,8 @@ def test_build_of_a_release_deleted_meanwhile_is_discarded(tmp_path):
     builder.report("foo", "1.0", True, files=[wheel_facts("foo")])
     builder.pump.flush()
     assert ("done", "foo", "1.0") in builder.received
-    assert not list((tmp_path / "simple" / "foo").iterdir())
+    # nothing was ever published: wheels wait for their build's commit
+    assert not (tmp_path / "simple").exists()
     assert harness.queue.held() == {}
     assert harness.builds == []
 

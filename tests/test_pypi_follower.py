@@ -18,6 +18,7 @@ from piwtwist.master.pypi_follower import (
     SKIP_BINARY_ONLY, SKIP_PURE_WHEEL, PageChange, PyPIFollower,
     page_writer_listener,
 )
+from piwtwist.master.tree_effects import TreeEffects
 from piwtwist.pypi.http import BackOff, new_http_client
 from piwtwist.pypi.journal import JournalSequencer
 from piwtwist.pypi.json_api import PyPIJson
@@ -25,6 +26,7 @@ from piwtwist.pypi.xmlrpc import PyPIXmlRpc
 from tests.conftest import TEMPLATE, _create_database
 from tests.fake_pypi import T0, FakePyPI
 from tests.test_db_queue import success, wheel
+from tests.tree_support import FakePageWriter
 
 
 def utc(seconds):
@@ -358,6 +360,10 @@ async def test_removals_reach_the_database_queue_and_output_tree(
     fake_pypi.remove_release("foo", "1.0")
     await caught_up(follower, fake_pypi)
     assert set(versions(test_db, "foo")) == {"2.0"}
+    # the deletion was recorded with the commit; the tree effects carry it
+    # out (the master's page listener wakes them)
+    effects = TreeEffects(db, output, follower.clock, None, FakePageWriter())
+    assert await effects.carry_out_deletions() > 0
     assert not foo_1.exists()
     assert not foo_1.with_name(foo_1.name + ".metadata").exists()
     assert foo_2.exists() and bystander.exists()
@@ -366,7 +372,9 @@ async def test_removals_reach_the_database_queue_and_output_tree(
     fake_pypi.remove_project("foo")
     await caught_up(follower, fake_pypi)
     assert set(state(test_db)) == {"bar"}
+    await effects.carry_out_deletions()
     assert not foo_2.exists() and bar_1.exists()
+    assert not (output / "simple" / "foo").exists()
     assert follower.build_queue.dropped[-1] == ("foo", None)
     assert ("foo", None, PageChange.PACKAGE_DELETED) in follower.changes
     assert (await db.get_statistics()).builds_count == 1
@@ -390,6 +398,8 @@ async def test_files_outside_the_output_tree_are_never_deleted(
     fake_pypi.remove_release("foo", "1.0")
     await caught_up(follower, fake_pypi)
     assert versions(test_db, "foo") == {}
+    effects = TreeEffects(db, output, follower.clock, None, FakePageWriter())
+    await effects.carry_out_deletions()
     assert (elsewhere / path.name).exists()
 
 
@@ -900,18 +910,24 @@ def test_changes_reach_the_page_writer():
             return lambda *args, **kwargs: calls.append(
                 (name, args, kwargs))
 
-    listener = page_writer_listener(PageWriter())
+    class TreeEffects:
+        def request_deletions(self):
+            calls.append(("request_deletions", (), {}))
+
+    listener = page_writer_listener(PageWriter(), TreeEffects())
     listener("foo", None, PageChange.PACKAGE_ADDED)
     listener("foo", "1.0", PageChange.VERSION_ADDED)
     listener("foo", "1.0", PageChange.VERSION_DELETED)
     listener("foo", None, PageChange.DESCRIPTION)
     listener("foo", None, PageChange.PACKAGE_DELETED)
+    # deletions: the database recorded what the tree loses; the tree
+    # effects carry it out (and rewrite the pages)
     assert calls == [
         ("request_rewrite", ("foo",), {"both": True}),
         ("rewrite_index", (), {}), ("rewrite_search", (), {}),
         ("request_rewrite", ("foo",), {"both": True}),
-        ("delete_version", ("foo", "1.0"), {}),
+        ("request_deletions", (), {}),
         ("request_rewrite", ("foo",), {"both": False}),
         ("rewrite_search", (), {}),
-        ("delete_package", ("foo",), {}),
+        ("request_deletions", (), {}),
     ]

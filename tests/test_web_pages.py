@@ -10,6 +10,7 @@ import pytest
 import pytest_twisted
 
 from piwtwist.db.records import BuildResult, Dependency
+from piwtwist.master.tree_effects import TreeEffects
 from piwtwist.web.layout import log_relative_path
 from tests.web_support import (
     T0, add_release, apt, build_file, log_failure, log_success, make_wheel,
@@ -222,8 +223,11 @@ async def test_deleting_a_version_and_a_package(
         assert (simple / native).is_file()
         assert (simple / (native + ".metadata")).is_file()
 
-        gone = await db.delete_version("foo-bar", "1.0")
-        await writer.delete_version("foo-bar", "1.0", gone)
+        # the database records what the tree loses; the tree effects carry
+        # it out and have the pages rewritten
+        effects = TreeEffects(db, output, reactor, None, writer)
+        await db.delete_version("foo-bar", "1.0")
+        assert await effects.carry_out_deletions() > 0
         assert not (simple / native).exists()
         assert not (simple / (native + ".metadata")).exists()
         assert not (output / log_relative_path(ids["1.0 cp39"])).exists()
@@ -235,7 +239,8 @@ async def test_deleting_a_version_and_a_package(
         assert "1.0" not in data["releases"]
 
         await db.delete_package("foo-bar")
-        await writer.delete_package("foo-bar")
+        await effects.carry_out_deletions()
+        assert await db.get_pending_deletions() == []
         assert not simple.exists()
         assert not (output / "project" / "foo-bar").exists()
         assert not os.path.lexists(output / "project" / "Foo_Bar")

@@ -1,5 +1,7 @@
 """``piw-rebuild home|search|project|index [PACKAGE]``: have the master
-rewrite pages of its output tree (cooperatively, while it keeps serving)."""
+rewrite pages of its output tree (cooperatively, while it keeps serving).
+``piw-rebuild audit``: have it compare the whole tree with the database,
+hashes included, repair what it can and say what it found."""
 
 import sys
 
@@ -13,16 +15,20 @@ class Options(AdminOptions):
     """piw-rebuild [options] PART [PACKAGE]"""
 
     config_section = "rebuild"
-    synopsis = "Usage: piw-rebuild [options] home|search|project|index [PACKAGE]"
+    synopsis = ("Usage: piw-rebuild [options] home|search|project|index "
+                "[PACKAGE] | audit")
     longdesc = ("Rewrite the home page, the search index, or one or every "
                 "package's project page (project) or index and project "
-                "pages (index).")
+                "pages (index); or audit the output tree against the "
+                "database (audit): orphaned files and deleted projects are "
+                "removed, missing pages rewritten, missing or damaged "
+                "wheels reported.")
 
     def parseArgs(self, part, package=None):
         if part not in proto.REBUILD_PARTS:
             raise usage.UsageError(
                 f"{part!r} is not one of {', '.join(proto.REBUILD_PARTS)}")
-        if package and part in ("home", "search"):
+        if package and part in ("home", "search", "audit"):
             raise usage.UsageError(f"{part} takes no PACKAGE")
         self["part"], self["package"] = part, package
 

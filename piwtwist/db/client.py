@@ -14,8 +14,8 @@ import attrs
 
 from .records import (
     Alias, Build, BuildAbi, BuildFile, DailyBuilds, DailyDownloads,
-    Dependency, ProjectBuild, ProjectFile, ProjectVersion, QueueEntry,
-    QueueSample, RewritePending, SearchEntry, Statistics,
+    Dependency, PendingDeletion, ProjectBuild, ProjectFile, ProjectVersion,
+    QueueEntry, QueueSample, RewritePending, SearchEntry, Statistics,
 )
 
 # Build logs are full of terminal escapes and the odd NUL byte, which
@@ -463,3 +463,36 @@ class Database:
                  "command": r.command} for r in pending]
         await self._rows("SELECT save_rewrites_pending(%s::JSONB)",
                          (json.dumps(data),))
+
+    # effects on the output tree ------------------------------------------
+
+    async def get_pending_deletions(self, limit=500):
+        """The oldest deletions the output tree owes the database, as
+        :class:`PendingDeletion` records."""
+        rows = await self._rows("SELECT * FROM get_pending_deletions(%s)",
+                                (limit,))
+        return [_record(PendingDeletion, row) for row in rows]
+
+    async def finish_deletions(self, deletion_ids):
+        """Forget deletions that have been carried out."""
+        await self._rows("SELECT finish_deletions(%s::BIGINT[])",
+                         (list(deletion_ids),))
+
+    async def get_files_by_name(self, filenames):
+        """{filename: (package, build_id, filesize, filehash)} of the
+        recorded files among *filenames*."""
+        rows = await self._rows("SELECT * FROM get_files_by_name(%s)",
+                                (list(filenames),))
+        return {row.filename: (row.package, row.build_id, row.filesize,
+                               row.filehash.strip()) for row in rows}
+
+    async def get_audit_facts(self, packages):
+        """{package: {filename: (filesize, filehash)}} for those of
+        *packages* the database knows."""
+        facts = {}
+        for row in await self._rows("SELECT * FROM get_audit_facts(%s)",
+                                    (list(packages),)):
+            files = facts.setdefault(row.package, {})
+            if row.filename is not None:
+                files[row.filename] = (row.filesize, row.filehash.strip())
+        return facts

@@ -167,6 +167,21 @@ class RewritePending:
 
 
 @attrs.frozen
+class PendingDeletion:
+    """Something the output tree must lose because the database lost it
+    (see ``pending_deletions`` in the schema); *recorded* says whether what
+    it names is recorded again meanwhile, so its files must stay."""
+
+    deletion_id: int
+    what: str
+    package: str
+    filename: str
+    location: str
+    build_id: int | None
+    recorded: bool
+
+
+@attrs.frozen
 class ClientDetails:
     """What pip's user agent says about the machine making a request."""
 

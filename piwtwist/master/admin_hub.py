@@ -8,7 +8,6 @@ were.  Imported wheels travel through the same verified transfer as
 builders' wheels and are published and recorded the same way.
 """
 
-import os
 from datetime import datetime, timedelta, timezone
 
 import attrs
@@ -28,7 +27,7 @@ from ..pypi.http import new_http_client
 from ..pypi.journal import FileKind
 from ..pypi.json_api import PyPIJson
 from ..transfer.receiver import AlreadyPublished, TransferError
-from .published_wheels import unpublish, wheel_problem, wheel_records
+from .published_wheels import publish_build, wheel_problem, wheel_records
 from .pypi_follower import skip_for
 
 #: Builds imported by an admin are recorded as built by this builder id.
@@ -119,8 +118,11 @@ class AdminHub(service.Service):
 
     def __init__(self, db, queue, receiver, page_writer, clock, output_path,
                  *, json_url="https://pypi.org/pypi", platform_aliases=None,
-                 build_listeners=None, json_api=None):
+                 build_listeners=None, json_api=None, tree_effects=None):
         self.db = db
+        #: carries out what deletions take from the output tree, and audits
+        #: it (:class:`~piwtwist.master.tree_effects.TreeEffects`)
+        self.tree_effects = tree_effects
         self.queue = queue
         self.receiver = receiver
         self.page_writer = page_writer
@@ -232,47 +234,42 @@ class AdminHub(service.Service):
             built_by=IMPORTED_BY, builder_label=IMPORT_LABEL,
             duration=timedelta(seconds=max(duration, 0.0)), status=True,
             output=output)
-        recorded, dependencies, published = [], {}, []
-        try:
-            for wheel in files:
-                existed = os.path.lexists(os.path.join(
-                    self.output_path, "simple", package, wheel["filename"]))
-                try:
-                    path = await self.receiver.receive(
-                        connection.callRemote, package, wheel["filename"],
-                        wheel["filesize"], wheel["filehash"],
-                        replace=bool(replace))
-                except AlreadyPublished as e:
-                    _refuse(f"{e}; piw-import --replace replaces it")
-                except TransferError as e:
-                    _refuse(f"{wheel['filename']} did not arrive intact: "
-                            f"{e}")
-                try:
-                    for build_file, deps, created in wheel_records(
-                            wheel, path, self.output_path,
-                            self.platform_aliases, replace=bool(replace),
-                            created=replace or not existed):
-                        recorded.append(build_file)
-                        dependencies[build_file.filename] = deps
-                        if created:
-                            published.append(build_file)
-                except AlreadyPublished as e:
-                    _refuse(f"{e}; piw-import --replace replaces it")
-            build = attrs.evolve(build, files=tuple(recorded),
-                                 dependencies=dependencies)
+        recorded, dependencies = [], {}
+        for wheel in files:
             try:
-                build_id = await self.db.log_build(
-                    build, replace_files=bool(replace))
-            except psycopg2.errors.UniqueViolation as e:
-                _refuse(f"{str(e).strip().splitlines()[0]}; piw-import "
-                        f"--replace replaces it")
-            except psycopg2.IntegrityError:
-                _refuse(f"{package} {version} was removed meanwhile")
-        except BaseException:
-            # what was published before stays; only what this import
-            # published goes
-            unpublish(self.output_path, published)
-            raise
+                # verified into the incoming directory; published below
+                # once the build is committed, as a builder's are
+                await self.receiver.receive(
+                    connection.callRemote, package, wheel["filename"],
+                    wheel["filesize"], wheel["filehash"],
+                    replace=bool(replace), publish=False)
+            except AlreadyPublished as e:
+                _refuse(f"{e}; piw-import --replace replaces it")
+            except TransferError as e:
+                _refuse(f"{wheel['filename']} did not arrive intact: {e}")
+            for build_file, deps in wheel_records(package, wheel,
+                                                  self.platform_aliases):
+                recorded.append(build_file)
+                dependencies[build_file.filename] = deps
+        build = attrs.evolve(build, files=tuple(recorded),
+                             dependencies=dependencies)
+        try:
+            build_id = await self.db.log_build(
+                build, replace_files=bool(replace))
+        except psycopg2.errors.UniqueViolation as e:
+            _refuse(f"{str(e).strip().splitlines()[0]}; piw-import "
+                    f"--replace replaces it")
+        except psycopg2.IntegrityError:
+            _refuse(f"{package} {version} was removed meanwhile")
+        problems = await publish_build(self.receiver, package, files,
+                                       self.platform_aliases,
+                                       replace=bool(replace))
+        if problems:
+            for problem in problems:
+                self.log.error("{problem}", problem=problem)
+            _refuse(f"recorded as build {build_id}, but "
+                    f"{'; '.join(problems)} (the tree audit publishes it "
+                    f"later)")
         self.log.info("imported {count} file(s) as build {id} of {package} "
                       "{version} for {abi}", count=len(files), id=build_id,
                       package=package, version=version, abi=abi_tag)
@@ -442,10 +439,7 @@ class AdminHub(service.Service):
             for found in versions:
                 filenames = await self.db.delete_build(package, found)
                 count += len(filenames)
-                await self.page_writer.delete_version(package, found,
-                                                      filenames,
-                                                      rewrite=False)
-            await self.page_writer.write_project(package)
+            await self._tree_follows(package)
             self.queue.request_refresh()
             target = f"{package} {version}" if version else package
             what = f"removed the builds of {target} ({count} file(s))"
@@ -455,14 +449,26 @@ class AdminHub(service.Service):
         if version:
             filenames = await self.db.delete_version(package, version)
             self.queue.drop(package, version)
-            await self.page_writer.delete_version(package, version,
-                                                  filenames)
+            await self._tree_follows(package)
             return {"message": f"removed {package} {version} "
                                f"({len(filenames)} file(s))"}
         filenames = await self.db.delete_package(package)
         self.queue.drop(package)
-        await self.page_writer.delete_package(package)
+        await self._tree_follows(package)
         return {"message": f"removed {package} ({len(filenames)} file(s))"}
+
+    async def _tree_follows(self, package):
+        """Carry out the deletions the database recorded with a removal
+        (files, logs, pages); refuse, so that the tool's exit code says
+        so, when some of *package*'s files could not be removed yet (the
+        master tries again every hour and at start)."""
+        await self.tree_effects.request_deletions()
+        left = [p for p in await self.db.get_pending_deletions(10_000)
+                if p.package == package]
+        if left:
+            _refuse(f"removed from the database, but {len(left)} of its "
+                    f"files or pages could not be removed yet (see the "
+                    f"master's log); the master tries again")
 
     # piw-rebuild -------------------------------------------------------------
 
@@ -476,6 +482,11 @@ class AdminHub(service.Service):
         if part == "search":
             self.page_writer.rewrite_search()
             return {"message": "the search index will be rewritten"}
+        if part == "audit":
+            report = await self.tree_effects.audit(verify_hashes=True)
+            if report is None:
+                _refuse("the audit failed; see the master's log")
+            return {"message": report.summary()}
         both = part == "index"
         if package:
             package = await self._known_package(package)

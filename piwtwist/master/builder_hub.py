@@ -38,7 +38,7 @@ from ..protocol import builder as proto
 from ..transfer.receiver import (AlreadyPublished, TransferFailed,
                                  TransferInterrupted)
 from .published_wheels import (DEFAULT_PLATFORM_ALIASES, alias_names,
-                               unpublish, wheel_problem, wheel_records)
+                               publish_build, wheel_problem, wheel_records)
 
 #: The largest build log accepted (builders send the head and tail of
 #: bigger ones).
@@ -638,10 +638,9 @@ class BuilderHub(service.Service):
             builder_label=state.label,
             duration=timedelta(seconds=max(duration, 0.0)),
             status=status, output=output, reason=reason, token=token)
-        published = []
         try:
             if status:
-                build, published = await self._fetch_files(
+                build = await self._fetch_files(
                     connection, entry, build, files)
                 if state.entry == entry:
                     state.status = "recording"
@@ -653,11 +652,16 @@ class BuilderHub(service.Service):
                 # what it recorded stands
                 reason = str(e).strip().splitlines()[0]
                 connection.refuse("{reason}", reason=reason)
-                unpublish(self.output_path, published)
-                published = []
                 build = self._failed(build, reason, files=(),
                                      dependencies={})
                 await self.db.log_build(build)
+            if build.status:
+                # committed: only now may its wheels be seen
+                for problem in await publish_build(
+                        self.receiver, entry.package, files,
+                        self.platform_aliases):
+                    self.log.error("{problem}; the tree audit will publish "
+                                   "it", problem=problem)
         except TransferInterrupted as e:
             self.log.info("transfer from builder {id} ({label}) interrupted "
                           "({error}); it will resume when the builder "
@@ -689,11 +693,11 @@ class BuilderHub(service.Service):
             return
         except psycopg2.IntegrityError as e:
             # the release went away (deleted on PyPI) while it was built:
-            # nothing to record, and its wheels must not stay published
+            # nothing to record, and nothing was published (its staged
+            # wheels are purged in a day)
             self.log.warn("{package} {version} is gone; discarding its build "
                           "({error})", package=entry.package,
                           version=entry.version, error=str(e).strip())
-            unpublish(self.output_path, published)
             build = None
         except Exception:
             self.log.failure("recording {package} {version} failed",
@@ -744,61 +748,51 @@ class BuilderHub(service.Service):
             **changes)
 
     async def _fetch_files(self, connection, entry, build, files):
-        """Fetch and verify every wheel.  A wheel that does not match its
-        file name or the build, that will not verify, or that would replace
-        published bytes turns the build into a failure that says why, and
-        nothing it published stays.  Returns the build and the
-        :class:`BuildFile` records of the files it published."""
+        """Fetch and verify every wheel into the incoming directory, where
+        it waits until the build is committed.  A wheel that does not match
+        its file name or the build, that will not verify, or that would
+        replace published bytes turns the build into a failure that says
+        why.  Returns the build with its :class:`BuildFile` records."""
         names = []
         for wheel in files:
             problem = wheel_problem(entry.package, entry.version, wheel,
                                     abi=entry.abi_tag)
             if problem:
                 connection.refuse("{problem}", problem=problem)
-                return self._failed(build, problem), []
+                return self._failed(build, problem)
             names.append(wheel["filename"])
             names.extend(alias_names(wheel["filename"],
                                      self.platform_aliases))
         if len(set(names)) != len(names):
             problem = "the same file name appears twice among the wheels"
             connection.refuse("{problem}", problem=problem)
-            return self._failed(build, problem), []
-        recorded, dependencies, published = [], {}, []
+            return self._failed(build, problem)
+        recorded, dependencies = [], {}
         try:
             for wheel in files:
                 filename = wheel["filename"]
-                existed = os.path.lexists(
-                    self.output_path / "simple" / entry.package / filename)
                 connection.info.sending_file = filename
                 connection.info.sending_size = wheel["filesize"]
                 self.changed(connection)
                 try:
-                    path = await self.receiver.receive(
+                    await self.receiver.receive(
                         connection.callRemote, entry.package, filename,
-                        wheel["filesize"], wheel["filehash"])
+                        wheel["filesize"], wheel["filehash"], publish=False)
                 finally:
                     connection.info.sending_file = None
                     connection.info.sending_size = None
-                for build_file, deps, created in wheel_records(
-                        wheel, path, self.output_path, self.platform_aliases,
-                        created=not existed):
+                for build_file, deps in wheel_records(
+                        entry.package, wheel, self.platform_aliases):
                     recorded.append(build_file)
                     dependencies[build_file.filename] = deps
-                    if created:
-                        published.append(build_file)
         except AlreadyPublished as e:
             connection.refuse("{problem}", problem=str(e))
-            unpublish(self.output_path, published)
-            return self._failed(build, str(e)), []
+            return self._failed(build, str(e))
         except TransferFailed as e:
-            unpublish(self.output_path, published)
             return self._failed(
-                build, f"{filename} failed to arrive intact: {e}"), []
-        except BaseException:
-            unpublish(self.output_path, published)
-            raise
+                build, f"{filename} failed to arrive intact: {e}")
         return attrs.evolve(build, files=tuple(recorded),
-                            dependencies=dependencies), published
+                            dependencies=dependencies)
 
     # controls -------------------------------------------------------------
 

@@ -6,14 +6,11 @@ file name, which the transfer verified with the file's bytes; what the
 sender said about it only has to agree.
 """
 
-import os
-
 import attrs
 from packaging.utils import canonicalize_name, canonicalize_version
 
 from .. import names
 from ..records import BuildFile, Dependency
-from ..transfer.receiver import check_same_bytes
 
 #: One armv7l build serves armv6l too: Raspberry Pi OS runs the same
 #: binaries on both (piwheels does the same).
@@ -74,15 +71,12 @@ def wheel_problem(package, version, wheel, abi=None):
     return None
 
 
-def wheel_records(wheel, path, output_path, platform_aliases,
-                  replace=False, created=True):
-    """The wheel's :class:`BuildFile`, dependencies and *created* (whether
-    the caller published the wheel itself, or found it published), then
-    the same per platform alias (published as a hard link in the same
-    directory), each with whether this call created its link.  An alias
-    already published with the same bytes is kept; with other bytes it
-    raises :class:`~piwtwist.transfer.receiver.AlreadyPublished`, unless
-    *replace*.  The tags come from the file name."""
+def wheel_records(package, wheel, platform_aliases):
+    """The wheel's :class:`BuildFile` and dependencies, then the same for
+    each alias of its platform (the same bytes under another name, in the
+    same directory).  The tags come from the file name; every location is
+    ``simple/<package>/<name>``, where :func:`publish_build` puts them
+    once the build is committed."""
     deps = []
     for item in wheel["dependencies"]:
         tool, _, name = item.partition(":")
@@ -94,43 +88,32 @@ def wheel_records(wheel, path, output_path, platform_aliases,
                          f"file name")
     base = BuildFile(
         filename=wheel["filename"], filesize=wheel["filesize"],
-        filehash=wheel["filehash"], **facts,
+        filehash=wheel["filehash"].lower(), **facts,
         requires_python=wheel["requires_python"],
-        location=os.path.relpath(path, output_path))
-    yield base, deps, created
+        location=f"simple/{package}/{wheel['filename']}")
+    yield base, deps
     aliases = platform_aliases.get(facts["platform_tag"], ())
     for alias, alias_name in zip(
             aliases, alias_names(wheel["filename"], platform_aliases)):
-        alias_path = path.with_name(alias_name)
-        created = _link(path, alias_path, alias_name, wheel, replace)
-        yield attrs.evolve(
-            base, filename=alias_name, platform_tag=alias,
-            location=os.path.relpath(alias_path, output_path)), deps, created
+        yield attrs.evolve(base, filename=alias_name, platform_tag=alias,
+                           location=f"simple/{package}/{alias_name}"), deps
 
 
-def _link(path, alias_path, alias_name, wheel, replace):
-    """Publish *alias_path* as a hard link to *path*; whether it was
-    created."""
-    if replace:
-        temporary = path.with_name(f".{alias_name}.link")
-        temporary.unlink(missing_ok=True)
-        os.link(path, temporary)
-        os.replace(temporary, alias_path)
-        return True
-    try:
-        os.link(path, alias_path)  # never replaces
-    except FileExistsError:
-        if not os.path.samefile(path, alias_path):
-            # rare (the receiver found no conflict): hash it here
-            check_same_bytes(alias_path, alias_name, wheel["filesize"],
-                             wheel["filehash"])
-        return False
-    return True
-
-
-def unpublish(output_path, build_files):
-    """Remove published files of a build that will not be recorded."""
-    for build_file in build_files:
-        path = output_path / build_file.location
-        if build_file.location and path.is_file():
-            path.unlink()
+async def publish_build(receiver, package, wheels, platform_aliases,
+                        replace=False):
+    """Publish the staged *wheels* (the facts sent with them) of a build
+    that is committed, each with its platform aliases; see
+    :meth:`~piwtwist.transfer.receiver.FileReceiver.publish_staged`.  A
+    wheel that cannot be published now stays staged: the tree audit
+    publishes it later.  Returns the problems."""
+    problems = []
+    for wheel in wheels:
+        try:
+            await receiver.publish_staged(
+                package, wheel["filename"], wheel["filesize"],
+                wheel["filehash"].lower(),
+                alias_names(wheel["filename"], platform_aliases),
+                replace=replace)
+        except Exception as e:
+            problems.append(f"cannot publish {wheel['filename']}: {e}")
+    return problems

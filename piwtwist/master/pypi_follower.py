@@ -36,9 +36,11 @@ canonical name, *version* is None for package-wide changes, and
 not block; what it raises is logged and otherwise ignored.  The master
 subscribes the page writer through :func:`page_writer_listener`.
 
-Deletions also reach the build queue at once (``build_queue.drop``) and
-remove the deleted builds' files from ``<output>/simple/<package>/`` (with
-any ``.metadata`` beside them), never anything outside it.
+Deletions also reach the build queue at once (``build_queue.drop``).  What
+they take from the output tree (wheels, logs, pages) is recorded by the
+database in the same transaction (``pending_deletions``) and carried out by
+:mod:`piwtwist.master.tree_effects`, which the page listener of
+:func:`page_writer_listener` wakes; after a crash the master finishes it.
 
 The JSON API is asked a few requests at a time, for the next chunk while
 the current one is written; when it fails the events are applied with what
@@ -50,7 +52,6 @@ followed from PyPI's latest serial, or with ``populate`` first filled from
 monitors.
 """
 
-import os
 from collections import Counter, OrderedDict
 from pathlib import Path
 
@@ -65,7 +66,7 @@ from .. import names
 from ..db.client import Database
 from ..db.pool import CONNECTION_ERRORS, DatabaseUnavailable
 from ..pypi.http import (
-    BackOff, Malformed, PyPIProblem, in_thread, new_http_client,
+    BackOff, Malformed, PyPIProblem, new_http_client,
 )
 from ..pypi.journal import (
     Action, FileKind, JournalSequencer, MalformedEntry, parse_entry,
@@ -153,7 +154,6 @@ class _Outcome:
     database."""
 
     pages: dict = attrs.Factory(dict)  # (package, version, what) -> None
-    files: list = attrs.Factory(list)  # (package, filename)
     dropped: list = attrs.Factory(list)  # (package, version or None)
     queue_changed: bool = False
     repairs: dict = attrs.Factory(dict)  # (kind, package, x) -> serial
@@ -374,9 +374,8 @@ class _Applier:
     async def _remove_release(self, event):
         if await self._version_skip(event.package, event.version) is None:
             return
-        files = await self.tx.delete_version(event.package, event.version)
+        await self.tx.delete_version(event.package, event.version)
         self.versions[(event.package, event.version)] = None
-        self.outcome.files.extend((event.package, f) for f in files)
         self.outcome.dropped.append((event.package, event.version))
         self.outcome.page(event.package, event.version,
                           PageChange.VERSION_DELETED)
@@ -384,14 +383,13 @@ class _Applier:
     async def _delete_package(self, package):
         if not await self._package_exists(package):
             return
-        files = await self.tx.delete_package(package)
+        await self.tx.delete_package(package)
         self.packages[package] = False
         self.outcome.deleted.append(package)
         for key in [k for k in self.versions if k[0] == package]:
             self.versions[key] = None
         for key in [k for k in self.names if k[0] == package]:
             del self.names[key]
-        self.outcome.files.extend((package, f) for f in files)
         self.outcome.dropped.append((package, None))
         self.outcome.page(package, None, PageChange.PACKAGE_DELETED)
 
@@ -461,34 +459,6 @@ class _Applier:
         if release.yanked:
             await self.tx.yank_version(package, version, release.yank_reason)
             self.outcome.page(package, version, PageChange.YANK)
-
-
-def remove_published_files(output_path, doomed):
-    """Delete the files in *doomed* ((package, filename) pairs) and their
-    ``.metadata`` from ``<output_path>/simple/<package>/``; refuse anything
-    that would land elsewhere.  Runs in a thread; returns the problems."""
-    problems = []
-    root = (Path(output_path) / "simple").resolve()
-    for package, filename in doomed:
-        if not names.is_canonical(package) or \
-                not names.is_safe_path_component(filename):
-            problems.append(f"refusing to delete {package}/{filename!r}")
-            continue
-        directory = root / package
-        for name in (filename, filename + ".metadata"):
-            path = directory / name
-            try:
-                real = path.parent.resolve() / path.name
-                if real.parent.parent != root:
-                    problems.append(f"refusing to delete {path}: it is not "
-                                    f"in {root}")
-                    break
-                os.unlink(real)
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                problems.append(f"cannot delete {path}: {e}")
-    return problems
 
 
 class PyPIFollower(service.Service):
@@ -865,11 +835,6 @@ class PyPIFollower(service.Service):
                 self.build_queue.drop(package, version)
             if outcome.queue_changed:
                 self.build_queue.request_refresh()
-        if outcome.files:
-            problems = await in_thread(self.clock, remove_published_files,
-                                       self.output_path, outcome.files)
-            for problem in problems:
-                self.log.warn("{problem}", problem=problem)
         for package, version, what in outcome.pages:
             self._tell_listeners(package, version, what)
 
@@ -1112,14 +1077,14 @@ def new_pypi_follower(db, reactor, output_path, *, xmlrpc_url, json_url,
         **options)
 
 
-def page_writer_listener(page_writer):
+def page_writer_listener(page_writer, tree_effects):
     """A page listener that turns the follower's changes into the page
-    writer's requests."""
+    writer's requests; deletions wake *tree_effects*
+    (:class:`~piwtwist.master.tree_effects.TreeEffects`), which removes
+    what the database recorded as deleted and rewrites the pages."""
     def changed(package, version, what):
-        if what == PageChange.PACKAGE_DELETED:
-            page_writer.delete_package(package)
-        elif what == PageChange.VERSION_DELETED:
-            page_writer.delete_version(package, version)
+        if what in (PageChange.PACKAGE_DELETED, PageChange.VERSION_DELETED):
+            tree_effects.request_deletions()
         elif what in (PageChange.DESCRIPTION, PageChange.NEW_NAME):
             page_writer.request_rewrite(package, both=False)
             page_writer.rewrite_search()

@@ -31,8 +31,8 @@ from .builder_hub import (DEFAULT_PLATFORM_ALIASES, BuilderHub,
 from .control_hub import ControlHub, control_needs_authentication
 from .hit_recorder import HitRecorder
 from .pypi_follower import new_pypi_follower, page_writer_listener
-from .tree_effects import TreeEffects
 from .systemd import notify_ready, notify_stopping
+from .tree_effects import TreeEffects
 
 
 def _platform_aliases(value):

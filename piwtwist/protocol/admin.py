@@ -104,7 +104,7 @@ class RemovePackage(amp.Command):
 
 
 #: What ``Rebuild`` rewrites.
-REBUILD_PARTS = ("home", "search", "project", "index")
+REBUILD_PARTS = ("home", "search", "project", "index", "audit")
 
 
 class Rebuild(amp.Command):

@@ -28,7 +28,13 @@ too much data waits for the disk, so a transfer holds at most
 ``write_buffer + window * fetch_size`` bytes (about 8 MB by default).
 
 Nothing appears under ``simple/`` until the whole file has been verified,
-synced and linked into place.  A published file never changes its bytes: a
+synced and linked into place.  The master's hubs go further: they receive
+with ``publish=False``, which leaves the verified file in
+``.incoming/verified/<sha256>/<filename>`` (named by its bytes, so two
+transfers never share one), record the build, and only then publish it
+with :meth:`FileReceiver.publish_staged`; a staged file whose build was
+never committed is never seen under ``simple/`` (see
+docs/crash-consistency.md).  A published file never changes its bytes: a
 file of the same name that is already published is accepted only if its
 bytes are the same (checked before anything is fetched, and again when
 publishing, which never replaces), unless the caller asks to replace it.
@@ -79,6 +85,9 @@ DEFAULT_WRITE_BUFFER = 4 * 1024 * 1024
 DEFAULT_CHUNK_TIMEOUT = 120.0
 
 PART_SUFFIX = ".part"
+#: Verified files waiting for their build to be committed live in
+#: ``<incoming>/verified/<sha256>/<filename>``.
+VERIFIED_DIRECTORY = "verified"
 RANGES_SUFFIX = ".ranges"
 _TEMP_SUFFIX = ".tmp"
 #: Longest accepted file name: room for our suffixes within NAME_MAX (255).
@@ -511,8 +520,15 @@ class FileReceiver:
     # -- the public face ---------------------------------------------------
 
     async def receive(self, call_remote, package, filename, size, sha256,
-                      *, replace=False):
+                      *, replace=False, publish=True):
         """Pull *filename* through *call_remote*; return its final path.
+
+        With *publish* false the verified file is left in the incoming
+        directory (:meth:`staged_path`) and that path is returned, unless
+        the file is already published with the same bytes (then the
+        published path is returned); :meth:`publish_staged` publishes it
+        once the caller has recorded it.  A staged file of the same bytes
+        is taken as it is, without fetching anything.
 
         A file of that name already published with the same sha256 is
         accepted as it is, without fetching anything; one with other bytes
@@ -537,7 +553,7 @@ class FileReceiver:
             await lock.acquire()
             try:
                 return await self._receive(call_remote, canonical, filename,
-                                           size, sha256, replace)
+                                           size, sha256, replace, publish)
             finally:
                 lock.release()
         finally:
@@ -608,7 +624,14 @@ class FileReceiver:
     # -- one file ----------------------------------------------------------
 
     async def _receive(self, call_remote, canonical, filename, size, sha256,
-                       replace):
+                       replace, publish=True):
+        if not publish:
+            staged = await self._on_disk(
+                "check", filename, self._staged_copy, filename, size, sha256)
+            if staged is not None:
+                self.log.info("{filename} was received before",
+                              filename=filename)
+                return staged
         if not replace:
             published = await self._on_disk(
                 "check", filename, self._published_copy, canonical,
@@ -639,9 +662,13 @@ class FileReceiver:
                         # complete and saved: the next receive publishes it
                         raise TransferInterrupted(
                             "the master is shutting down")
-                    path = await self._on_disk(
-                        "publish", filename, self._publish, transfer,
-                        canonical, replace)
+                    if publish:
+                        path = await self._on_disk(
+                            "publish", filename, self._publish, transfer,
+                            canonical, replace)
+                    else:
+                        path = await self._on_disk(
+                            "stage", filename, self._stage, transfer)
                     self.log.info(
                         "received {filename} ({size} bytes, {fetched} "
                         "fetched)", filename=filename, size=size,
@@ -844,6 +871,73 @@ class FileReceiver:
         transfer.ranges_path.unlink(missing_ok=True)
         return final_path
 
+    def staged_path(self, filename, sha256):
+        """Where a verified *filename* with these bytes waits to be
+        published."""
+        return self.incoming_path / VERIFIED_DIRECTORY / sha256.lower() / \
+            filename
+
+    def _staged_copy(self, filename, size, sha256):
+        path = self.staged_path(filename, sha256)
+        try:
+            if os.lstat(path).st_size == size:
+                return path
+        except FileNotFoundError:
+            pass
+        return None
+
+    def _stage(self, transfer):
+        """Move a verified transfer aside, named by its bytes, to wait for
+        its build to be committed."""
+        os.fchmod(transfer.fd, 0o644)
+        if self.durable:
+            os.fsync(transfer.fd)
+        path = self.staged_path(transfer.filename, transfer.sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(transfer.part_path, path)
+        if self.durable:
+            _fsync_directory(path.parent)
+        transfer.ranges_path.unlink(missing_ok=True)
+        return path
+
+    async def publish_staged(self, package, filename, size, sha256,
+                             aliases=(), replace=False):
+        """Publish a staged file (see :meth:`receive`) and its *aliases*
+        (other names of the same bytes in the same directory) once its
+        build is committed; returns the final path.  Idempotent: what is
+        published already is left alone.  The database is the truth by
+        now, so a file of that name with other bytes (an orphan no row
+        ever pointed to, or a damaged copy) is replaced, with a warning."""
+        canonical = canonicalize_name(package)
+        replaced = await self._on_disk(
+            "publish", filename, publish_staged_file, self.output_path,
+            self.staged_path(filename, sha256), canonical, filename, size,
+            sha256, tuple(aliases), self.durable)
+        for name in replaced:
+            if not replace:
+                self.log.warn("{name} was published with bytes other than "
+                              "the recorded ones; replaced", name=name)
+        return self.output_path / "simple" / canonical / filename
+
+    def staged_files(self):
+        """Thread: (sha256, filename, path, mtime) of every staged file."""
+        found = []
+        try:
+            directories = list(os.scandir(self.incoming_path /
+                                          VERIFIED_DIRECTORY))
+        except FileNotFoundError:
+            return found
+        for directory in directories:
+            if not directory.is_dir(follow_symlinks=False) or \
+                    not _SHA256.fullmatch(directory.name):
+                continue
+            for entry in os.scandir(directory.path):
+                if entry.is_file(follow_symlinks=False):
+                    found.append((directory.name, entry.name,
+                                  Path(entry.path),
+                                  entry.stat(follow_symlinks=False).st_mtime))
+        return found
+
     def _published_copy(self, canonical, filename, size, sha256):
         """The published file of that name when it has these bytes; None
         when there is none; :class:`AlreadyPublished` otherwise."""
@@ -971,6 +1065,57 @@ def check_same_bytes(path, filename, size, sha256):
     if not same:
         raise AlreadyPublished(
             f"{filename} is already published with other bytes")
+
+
+def publish_staged_file(output_path, staged, canonical, filename, size,
+                        sha256, aliases=(), durable=True):
+    """Thread: link *staged* (a verified file) to
+    ``simple/<canonical>/<filename>`` and to each alias name beside it,
+    then remove *staged*; the names whose other bytes were replaced."""
+    directory = Path(output_path) / "simple" / canonical
+    for path in (directory.parent, directory):
+        try:
+            path.mkdir(mode=0o755)
+        except FileExistsError:
+            pass
+        else:
+            path.chmod(0o755)  # whatever the umask
+    final = directory / filename
+    replaced = []
+    if os.path.lexists(staged):
+        source = staged
+    elif os.path.lexists(final):
+        source = final   # published already (by a sweep, or long ago)
+    else:
+        raise FileNotFoundError(f"{staged} is not there to publish")
+    for name in (filename, *aliases):
+        target = directory / name
+        if target == source:
+            continue
+        try:
+            os.link(source, target)   # never replaces
+        except FileExistsError:
+            if os.path.samefile(source, target):
+                continue
+            try:
+                check_same_bytes(target, name, size, sha256)
+                continue
+            except AlreadyPublished:
+                pass
+            temporary = directory / f".{name}.link"
+            temporary.unlink(missing_ok=True)
+            os.link(source, temporary)
+            os.replace(temporary, target)
+            replaced.append(name)
+    if durable:
+        _fsync_directory(directory)
+    if source == staged:
+        staged.unlink()
+        try:
+            staged.parent.rmdir()
+        except OSError:
+            pass   # another file of the same bytes waits there
+    return replaced
 
 
 def _discard(transfer):

@@ -13,9 +13,11 @@ renders them and writes them atomically:
     a :class:`~piwtwist.db.records.BuildResult` was recorded; subscribe
     this to ``BuilderHub.build_listeners``.  The project's pages are
     rewritten and the release's build logs written.
-``delete_package(package)``, ``delete_version(package, version)``
-    after the database forgot them: remove their wheels, metadata, build
-    logs and pages at once (Deferreds that fire when done).
+``write_project(package)``
+    rewrite one project's pages now (deletions do, once their files are
+    gone: see :mod:`piwtwist.master.tree_effects`, the only code that
+    deletes from the tree); a package the database no longer knows loses
+    its pages.
 ``rewrite_all()``
     every project, then the site pages (a Deferred firing with the number
     of projects).  Runs at start unless ``rewrite_all_at_start`` is false
@@ -34,13 +36,10 @@ package) is logged as a warning and skipped.
 """
 
 import gzip
-import json
 from collections import OrderedDict
 from datetime import datetime, timezone
 
-from packaging.utils import (
-    InvalidWheelFilename, canonicalize_name, canonicalize_version,
-    parse_wheel_filename)
+from packaging.utils import canonicalize_name
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.threads import deferToThreadPool
@@ -48,9 +47,10 @@ from twisted.logger import Logger
 
 from ..db.pool import DatabaseUnavailable
 from ..db.records import RewritePending
+from ..master.tree_effects import remove_project_tree
 from ..resources import templates_dir
 from . import layout, render
-from .metadata import METADATA_SUFFIX, publish_core_metadata
+from .metadata import publish_core_metadata
 from .model import project_facts
 
 #: Files copied as they are from templates/ to the top of the output tree.
@@ -297,39 +297,11 @@ class PageWriter(service.Service):
         self._full_rewrite = None
         return result
 
-    def delete_package(self, package):
-        """Remove every file and page of *package* (already gone from the
-        database); a Deferred."""
-        package = self._checked_name(package)
-        if package is None:
-            return defer.succeed(None)
-        self._pending.pop(package, None)
-        d = defer.Deferred.fromCoroutine(self._locks.run(
-            package, lambda: self._in_thread(self._remove_package, package)))
-        d.addCallback(lambda _: (self.rewrite_index(), self.rewrite_search()))
-        d.addErrback(_log_failure, self.log, f"deleting {package} failed")
-        return d
-
-    def delete_version(self, package, version, filenames=(), rewrite=True):
-        """Remove the wheels, metadata and build logs of one release (gone
-        from the database; *filenames* are the files it had, as
-        ``delete_version`` returned them) and rewrite the project's pages
-        at once (unless the caller, removing several, does it last); a
-        Deferred."""
-        package = self._checked_name(package)
-        if package is None:
-            return defer.succeed(None)
-
-        async def work():
-            await self._locks.run(package, lambda: self._in_thread(
-                self._remove_version, package, version, tuple(filenames)))
-            if rewrite:
-                await self.write_project(package)
-
-        d = defer.Deferred.fromCoroutine(work())
-        d.addErrback(_log_failure, self.log,
-                     f"deleting {package} {version} failed")
-        return d
+    def locked(self, package, work):
+        """Run *work* (an async callable) while no page of *package* is
+        being written; a Deferred of its result.  Deletions use it, so
+        a page written from older data never lands after them."""
+        return defer.ensureDeferred(self._locks.run(package, work))
 
     async def wait_until_idle(self, poll=0.01):
         """Return once nothing is queued, scheduled or being written (for
@@ -452,7 +424,7 @@ class PageWriter(service.Service):
             # gone from the database: nothing of it may stay published
             self.log.info("{package} is no longer known; removing its pages",
                           package=package)
-            await self._in_thread(self._remove_package, package)
+            await self._in_thread(remove_project_tree, self.output, package)
             self.rewrite_index()
             return False
         prepared = await self._in_thread(
@@ -542,58 +514,6 @@ class PageWriter(service.Service):
                 await self.db.get_preinstalled_apt_packages(abi.abi_tag))
         self._abis, self._preinstalled, self._abis_at = \
             tuple(abis), preinstalled, now
-
-    # deletions (threads) ---------------------------------------------------
-
-    def _published_facts(self, package):
-        """What the project's JSON said: the record of what is on disk."""
-        path = layout.project_dir(self.output, package) / "json" / \
-            "index.json"
-        try:
-            return json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            return {}
-
-    def _remove_logs(self, builds):
-        for cell in builds:
-            build_id = cell.get("build_id")
-            if isinstance(build_id, int):
-                layout.remove_file(layout.log_path(self.output, build_id))
-
-    def _remove_package(self, package):
-        facts = self._published_facts(package)
-        for release in (facts.get("releases") or {}).values():
-            self._remove_logs((release.get("builds") or {}).values())
-            self._remove_logs((release.get("files") or {}).values())
-        for alias in facts.get("aliases") or ():
-            path = layout.project_dir(self.output, alias)
-            if layout.is_safe_name(alias) and path.is_symlink():
-                layout.remove_file(path)
-        layout.remove_tree(layout.simple_dir(self.output, package))
-        layout.remove_tree(layout.project_dir(self.output, package))
-
-    def _remove_version(self, package, version, filenames):
-        facts = self._published_facts(package)
-        release = (facts.get("releases") or {}).get(version) or {}
-        self._remove_logs((release.get("builds") or {}).values())
-        self._remove_logs((release.get("files") or {}).values())
-        directory = layout.simple_dir(self.output, package)
-        doomed = {name for name in filenames if layout.is_safe_name(name)}
-        doomed.update(release.get("files") or {})
-        wanted = canonicalize_version(version)
-        if directory.is_dir():
-            for path in directory.iterdir():
-                try:
-                    _, found, _, _ = parse_wheel_filename(
-                        path.name.removesuffix(METADATA_SUFFIX))
-                except InvalidWheelFilename:
-                    continue
-                if canonicalize_version(found) == wanted:
-                    doomed.add(path.name.removesuffix(METADATA_SUFFIX))
-        for name in doomed:
-            if layout.is_safe_name(name):
-                layout.remove_file(directory / name)
-                layout.remove_file(directory / (name + METADATA_SUFFIX))
 
     # the site ---------------------------------------------------------
 
