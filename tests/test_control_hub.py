@@ -263,6 +263,21 @@ def test_a_monitor_that_never_says_hello_is_dropped(harness):
     assert monitor.lost
 
 
+def test_master_facts_carry_the_statistics_build_totals(harness):
+    from datetime import timedelta
+    from types import SimpleNamespace
+    facts = harness.control.master_facts()
+    assert facts["builds_time"] is None and facts["builds_size"] is None
+    harness.control.statistics = SimpleNamespace(
+        figures=SimpleNamespace(statistics=None))
+    assert harness.control.master_facts()["builds_time"] is None
+    harness.control.statistics.figures.statistics = SimpleNamespace(
+        builds_time=timedelta(hours=2, seconds=5), builds_size=123456789)
+    facts = harness.control.master_facts()
+    assert facts["builds_time"] == 7205.0
+    assert facts["builds_size"] == 123456789
+
+
 def test_snapshot_on_subscribe_then_master_facts(harness):
     builder = harness.connect()
     builder.login()

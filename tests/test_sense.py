@@ -255,6 +255,11 @@ def test_the_joystick_walks_the_screens(model, clock):
                      "Built 10/h ok 8", "Build time ?", "Build size ?"]
     ui.press("left")
     assert _statistic_text(ui) == "Build size ?"
+    model.apply({"type": "master", "master": master(
+        1005.0, builds_time=7205.0, builds_size=3 << 29)})
+    assert _statistic_text(ui) == "Build size 1.5G"
+    ui.press("left")
+    assert _statistic_text(ui) == "Build time 2h00m"
     ui.press("down")
     assert ui.screen == "status" and ui.cursor == (0, 0)
     # to c-build (column 0, row 5) and press: its details

@@ -252,8 +252,10 @@ class ControlHub(service.Service):
                  stop_master=None, refresh_interval=2.0,
                  figures_interval=10.0, coalesce_delay=0.2,
                  hello_timeout=30.0, sample_machine=sample_machine,
-                 host=None):
+                 host=None, statistics=None):
         self.builder_hub = builder_hub
+        #: the site statistics service, for all-time build time and size
+        self.statistics = statistics
         self.queue = queue
         self.db = db
         self.clock = clock
@@ -437,6 +439,16 @@ class ControlHub(service.Service):
             self.builder_changed(
                 self.builder_hub.connections[build.built_by].info)
 
+    def _build_totals(self):
+        """All builds' time (seconds) and files' size (bytes), as the
+        statistics service last read them; None until it has."""
+        figures = getattr(self.statistics, "figures", None)
+        statistics = getattr(figures, "statistics", None)
+        if statistics is None:
+            return None, None
+        return (statistics.builds_time.total_seconds(),
+                statistics.builds_size)
+
     def master_facts(self):
         self._prune_builds()
         builds, successes = {}, {}
@@ -474,6 +486,7 @@ class ControlHub(service.Service):
             "downloads_last_hour": self._downloads,
             "last_build_at": self._last_build_at,
         }
+        facts["builds_time"], facts["builds_size"] = self._build_totals()
         for key in ("disk_total", "disk_free", "load", "cpu_count",
                     "mem_total", "mem_free", "swap_total", "swap_free",
                     "cpu_temperature"):

@@ -212,7 +212,8 @@ class MasterService(service.MultiService):
             self.hub, self.queue, self.db, reactor,
             secret=options["secret"], output_path=output,
             abis=options["build-abi"], follower=self.follower,
-            receiver=self.receiver, stop_master=self._terminate)
+            receiver=self.receiver, stop_master=self._terminate,
+            statistics=self.statistics)
         self.control.setServiceParent(self.dependents)
         control_queue = options["control-queue"]
         strports.service(

@@ -56,6 +56,9 @@ follow PyPI), ``terminating`` (bool), ``queue`` ({abi: pending builds}),
 ``builds_last_hour`` ({abi: count}), ``successes_last_hour`` ({abi:
 count}), ``downloads_last_hour`` (None where the database cannot say),
 ``last_build_at`` (time of the newest finished build, or None),
+``builds_time`` and ``builds_size`` (every build's duration and every
+built file's size, all time, as the site statistics last counted them;
+None until then),
 ``disk_total``, ``disk_free`` (the output tree's file system), ``load``
 ([1, 5, 15 minute]), ``cpu_count``, ``mem_total``, ``mem_free``,
 ``swap_total``, ``swap_free``, ``cpu_temperature``.
