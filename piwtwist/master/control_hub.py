@@ -446,8 +446,10 @@ class ControlHub(service.Service):
         statistics = getattr(figures, "statistics", None)
         if statistics is None:
             return None, None
-        return (statistics.builds_time.total_seconds(),
-                statistics.builds_size)
+        seconds = statistics.builds_time
+        if seconds is not None and hasattr(seconds, "total_seconds"):
+            seconds = seconds.total_seconds()
+        return seconds, statistics.builds_size
 
     def master_facts(self):
         self._prune_builds()
