@@ -248,16 +248,22 @@ class Done(amp.Command):
     response = []
 
 
+def proof(secret, speaker, nonce):
+    """An HMAC of the other side's *nonce* that shows the *speaker* knows
+    *secret*; the speaker's name keeps one side's proof from being
+    replayed as the other's."""
+    return hmac.new(secret, b"piwtwist " + speaker + b"\0" + nonce,
+                    hashlib.sha256).digest()
+
+
 def master_proof(secret, nonce):
     """What the master sends to show it knows *secret*."""
-    return hmac.new(secret, b"piwtwist master\0" + nonce,
-                    hashlib.sha256).digest()
+    return proof(secret, b"master", nonce)
 
 
 def builder_proof(secret, challenge):
     """What a builder sends to show it knows *secret*."""
-    return hmac.new(secret, b"piwtwist builder\0" + challenge,
-                    hashlib.sha256).digest()
+    return proof(secret, b"builder", challenge)
 
 
 def proofs_match(expected, given):

@@ -79,11 +79,10 @@ None), ``stats`` (the latest machine stats: ``timestamp``,
 None until the builder first reports).
 """
 
-import hashlib
-import hmac
-
 import cbor2
 from twisted.protocols import amp
+
+from .builder import proof, proofs_match  # noqa: F401 - shared
 
 #: The most bytes of CBOR one Status piece carries: well under AMP's
 #: 65,535-byte value limit.
@@ -244,14 +243,8 @@ class Reassembler:
 
 
 def master_proof(secret, nonce):
-    return hmac.new(secret, b"piwtwist control master\0" + nonce,
-                    hashlib.sha256).digest()
+    return proof(secret, b"control master", nonce)
 
 
 def monitor_proof(secret, challenge):
-    return hmac.new(secret, b"piwtwist control monitor\0" + challenge,
-                    hashlib.sha256).digest()
-
-
-def proofs_match(expected, given):
-    return hmac.compare_digest(expected, given)
+    return proof(secret, b"control monitor", challenge)
