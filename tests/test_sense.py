@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy
 import pytest
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.python import usage
 
 from piwtwist.monitor.model import Model

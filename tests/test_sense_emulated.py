@@ -13,7 +13,7 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, endpoints, task
+from twisted.internet import endpoints, task
 
 from piwtwist.monitor.connection import MasterConnection
 from piwtwist.monitor.model import Model
@@ -24,7 +24,7 @@ from tests.test_end_to_end import queue_release
 from tests.test_sense import save_png
 
 sense_emu = pytest.importorskip("sense_emu")
-from sense_emu.lock import EmulatorLock, lock_filename  # noqa: E402
+from sense_emu.lock import EmulatorLock  # noqa: E402
 from sense_emu.screen import init_screen, screen_filename  # noqa: E402
 from sense_emu.stick import stick_address  # noqa: E402
 from piwtwist.service_user import own  # noqa: E402
