@@ -144,9 +144,10 @@ class Deployment:
         self.control_socket = self.root / "master" / "control.sock"
         self.services = []
 
-    def start_master(self, *extra, dev_mode=True):
+    def start_master(self, *extra, dev_mode=True, follow_pypi=False):
         """The master; without *dev_mode* it rewrites every page at
-        start, as in production."""
+        start, as in production; with *follow_pypi* it follows the
+        journal at its ``--pypi-xmlrpc`` (give one in *extra*)."""
         directory = self.root / "master"
         directory.mkdir(exist_ok=True)
         own(directory, self.user)
@@ -156,7 +157,8 @@ class Deployment:
             "--build-abi", self.abi,
             "--builder-queue", f"tcp:{self.port}:interface=127.0.0.1",
             "--pypi-simple", self.index_url,
-            "--secret-file", str(self.secret), "--no-pypi-follow",
+            "--secret-file", str(self.secret),
+            *([] if follow_pypi else ["--no-pypi-follow"]),
             "--import-queue", f"unix:{self.import_socket}",
             "--control-queue", f"unix:{self.control_socket}",
             # its own (a later --log-queue in *extra* wins): the default

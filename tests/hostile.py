@@ -24,7 +24,7 @@ backend-path = ["."]
 _BACKEND = '''\
 """A build backend that attacks the machine it builds on."""
 
-import base64, hashlib, os, socket, sys, time, zipfile
+import base64, hashlib, os, random, socket, sys, time, zipfile
 
 NAME, VERSION = {name!r}, {version!r}
 DIST = NAME.replace("-", "_")
@@ -65,6 +65,7 @@ def build_wheel(wheel_directory, config_settings=None,
     filename = f"{{DIST}}-{{VERSION}}-py3-none-any.whl"
     files = {{
         f"{{DIST}}/__init__.py": b"BUILT = True\\n",
+        f"{{DIST}}/payload.bin": random.Random(VERSION).randbytes({payload}),
         f"{{_dist_info()}}/METADATA": _metadata().encode(),
         f"{{_dist_info()}}/WHEEL": b"Wheel-Version: 1.0\\n"
             b"Generator: hostile\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
@@ -78,7 +79,8 @@ def build_wheel(wheel_directory, config_settings=None,
     files[f"{{_dist_info()}}/RECORD"] = ("\\n".join(record) + "\\n").encode()
     with zipfile.ZipFile(os.path.join(wheel_directory, filename), "w") as z:
         for name, data in files.items():
-            z.writestr(name, data)
+            # the same bytes every time: a rebuild makes the same wheel
+            z.writestr(zipfile.ZipInfo(name, (2024, 1, 1, 0, 0, 0)), data)
     return filename
 '''
 
@@ -175,14 +177,15 @@ say("an honest build")
 '''
 
 
-def make_sdist(directory, name, version, attack):
+def make_sdist(directory, name, version, attack, payload=0):
     """Write the sdist of *name* *version* whose backend runs *attack*
-    (Python source, run inside ``build_wheel``); return its path."""
+    (Python source, run inside ``build_wheel``) and puts *payload* bytes
+    (the same for the same version) into its wheel; return its path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     base = f"{name.replace('-', '_')}-{version}"
     backend = _BACKEND.format(
-        name=name, version=version,
+        name=name, version=version, payload=int(payload),
         attack=textwrap.indent(textwrap.dedent(attack).strip() or "pass",
                                "    "))
     files = {
