@@ -1352,16 +1352,25 @@ AS $sql$
     FROM rewrites_pending r ORDER BY r.added_at, r.package
 $sql$;
 
--- save_rewrites_pending: replace the saved queue with "pending", a JSON
--- array of objects with package, added_at and command
-CREATE FUNCTION save_rewrites_pending(pending JSONB) RETURNS VOID
+-- update_rewrites_pending: what changed in the page writer's queue since
+-- its last call: "done", a JSON array of package names, were written and
+-- leave it; "added", a JSON array of objects with package, added_at and
+-- command (one per package), join it or widen a request that waits (with
+-- BOTH either way it is BOTH; the earlier time stays).  Saving costs what
+-- changed, and a request is saved within a turn of the reactor.
+CREATE FUNCTION update_rewrites_pending(done JSONB, added JSONB) RETURNS VOID
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
 AS $sql$
-    DELETE FROM rewrites_pending;
-    INSERT INTO rewrites_pending (package, added_at, command)
-    SELECT r.package, r.added_at, r.command
-    FROM jsonb_to_recordset(pending)
-        AS r(package VARCHAR, added_at TIMESTAMP WITH TIME ZONE, command VARCHAR);
+    DELETE FROM rewrites_pending
+    WHERE package IN (SELECT jsonb_array_elements_text(done));
+    INSERT INTO rewrites_pending AS r (package, added_at, command)
+    SELECT a.package, a.added_at, a.command
+    FROM jsonb_to_recordset(added)
+        AS a(package VARCHAR, added_at TIMESTAMP WITH TIME ZONE, command VARCHAR)
+    ON CONFLICT (package) DO UPDATE
+    SET added_at = LEAST(r.added_at, EXCLUDED.added_at),
+        command = CASE WHEN r.command = 'BOTH' THEN 'BOTH'
+                       ELSE EXCLUDED.command END;
 $sql$;
 
 -------------------------------------------------------------------------------

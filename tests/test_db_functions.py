@@ -275,16 +275,32 @@ async def test_malformed_address_is_an_error_not_a_row(db, test_db):
 
 
 @pytest_twisted.ensureDeferred
-async def test_rewrites_pending_are_replaced_as_a_whole(db):
+async def test_rewrites_pending_change_row_by_row(db):
     first = [RewritePending("foo", T0, "BOTH"),
              RewritePending("bar", T0 + timedelta(seconds=1), "PROJECT")]
-    await db.save_rewrites_pending(first)
+    await db.update_rewrites_pending((), first)
     assert await db.load_rewrites_pending() == first
     # loading does not consume: a crash after loading loses nothing
     assert await db.load_rewrites_pending() == first
-    await db.save_rewrites_pending(first[1:])
-    assert await db.load_rewrites_pending() == first[1:]
-    await db.save_rewrites_pending([])
+    # a later request widens a waiting one and keeps its time; a narrower
+    # one leaves it as it is
+    await db.update_rewrites_pending((), [
+        RewritePending("bar", T0 + timedelta(seconds=5), "BOTH"),
+        RewritePending("foo", T0 + timedelta(seconds=5), "PROJECT"),
+        RewritePending("baz", T0 + timedelta(seconds=5), "PROJECT")])
+    assert await db.load_rewrites_pending() == [
+        RewritePending("foo", T0, "BOTH"),
+        RewritePending("bar", T0 + timedelta(seconds=1), "BOTH"),
+        RewritePending("baz", T0 + timedelta(seconds=5), "PROJECT")]
+    # written ones go; one written and asked for again in the same save
+    # stays
+    await db.update_rewrites_pending(
+        ["foo", "bar", "nothing"],
+        [RewritePending("bar", T0 + timedelta(seconds=9), "PROJECT")])
+    assert await db.load_rewrites_pending() == [
+        RewritePending("baz", T0 + timedelta(seconds=5), "PROJECT"),
+        RewritePending("bar", T0 + timedelta(seconds=9), "PROJECT")]
+    await db.update_rewrites_pending(["bar", "baz"], [])
     assert await db.load_rewrites_pending() == []
 
 

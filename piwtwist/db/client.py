@@ -11,6 +11,7 @@ import json
 from datetime import timezone
 
 import attrs
+from twisted.internet import defer
 
 from .records import (
     Alias, Build, BuildAbi, BuildFile, DailyBuilds, DailyDownloads,
@@ -55,6 +56,18 @@ def retry_safe(method):
     return call
 
 
+class _CursorRunner:
+    """Stands in for the pool inside one transaction: every statement runs
+    on the same cursor."""
+
+    def __init__(self, cursor):
+        self.cursor = cursor
+
+    async def run_query(self, sql, params=None):
+        await self.cursor.execute(sql, params)
+        return self.cursor.fetchall()
+
+
 class Database:
     """Asynchronous calls of piwtwist's SQL functions through *pool*."""
 
@@ -68,6 +81,17 @@ class Database:
             self._retrying = copy.copy(self)
             self._retrying.pool = retrying()
             self._retrying._retrying = self._retrying
+
+    async def transaction(self, work):
+        """``await work(tx)``, *tx* a :class:`Database` whose calls all run
+        in one transaction on one connection: committed when *work*
+        returns (its result is returned), rolled back when it raises.  It
+        is never run twice: a connection lost meanwhile raises
+        ``DatabaseUnavailable`` (the commit may or may not have landed)."""
+        def interaction(cursor):
+            return defer.Deferred.fromCoroutine(
+                work(Database(_CursorRunner(cursor))))
+        return await self.pool.run_interaction(interaction)
 
     async def _rows(self, sql, params=()):
         return await self.pool.run_query(sql, params)
@@ -458,11 +482,16 @@ class Database:
         rows = await self._rows("SELECT * FROM load_rewrites_pending()")
         return [_record(RewritePending, row) for row in rows]
 
-    async def save_rewrites_pending(self, pending):
+    @retry_safe
+    async def update_rewrites_pending(self, done, added):
+        """Forget the pending rewrites of the packages *done*; save *added*
+        (:class:`RewritePending`, one per package), merged with any saved
+        request of the same package."""
         data = [{"package": r.package, "added_at": _utc(r.added_at).isoformat(),
-                 "command": r.command} for r in pending]
-        await self._rows("SELECT save_rewrites_pending(%s::JSONB)",
-                         (json.dumps(data),))
+                 "command": r.command} for r in added]
+        await self._rows("SELECT update_rewrites_pending(%s::JSONB, "
+                         "%s::JSONB)", (json.dumps(sorted(done)),
+                                        json.dumps(data)))
 
     # effects on the output tree ------------------------------------------
 

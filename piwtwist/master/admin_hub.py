@@ -348,56 +348,63 @@ class AdminHub(service.Service):
         summary = description if description is not None else (
             project.summary if project is not None else None)
         package_skip = skip if (skip is not None and not version) else ""
-        if not known_package:
-            await self.db.add_new_package(package, package_skip,
-                                          summary or "")
-        elif summary is not None and (description is not None or summary):
-            await self.db.set_package_description(package, summary)
-        if project is not None:
-            await self.db.add_package_name(package, project.name, now)
-        if name != package:
-            await self.db.add_package_name(package, name, now)
         if alias:
             _checked_name(alias)
-            await self.db.add_package_name(package, alias, now)
-        if not version and known_package:
-            if skip is not None:
-                await self.db.skip_package(package, skip)
-            elif unskip:
-                await self.db.skip_package(package, "")
 
-        added = []
-        for found, release in releases.items():
-            if release is None:
-                # known already: only the operator's overrides apply
-                if released_at is not None:
-                    await self.db.update_version_details(
-                        package, found, released=released_at)
-            else:
-                auto_skip = skip_for(release.kinds(), skip_pure_wheels=False)
-                version_skip = skip if (skip is not None and version) \
-                    else auto_skip
-                is_new = await self.db.add_new_package_version(
-                    package, found, released_at or release.released,
-                    version_skip, release.requires_python)
-                if is_new:
-                    added.append(found)
-                else:
-                    await self.db.update_version_details(
-                        package, found, released_at or release.released,
-                        release.requires_python)
-                if release.yanked and not unyank:
-                    await self.db.yank_version(package, found,
-                                               release.yank_reason)
-            if version:
+        async def write(db):
+            # one transaction: an add that fails half-way leaves nothing
+            added = []
+            if not known_package:
+                await db.add_new_package(package, package_skip,
+                                         summary or "")
+            elif summary is not None and (description is not None or summary):
+                await db.set_package_description(package, summary)
+            if project is not None:
+                await db.add_package_name(package, project.name, now)
+            if name != package:
+                await db.add_package_name(package, name, now)
+            if alias:
+                await db.add_package_name(package, alias, now)
+            if not version and known_package:
                 if skip is not None:
-                    await self.db.skip_package_version(package, found, skip)
+                    await db.skip_package(package, skip)
                 elif unskip:
-                    await self.db.skip_package_version(package, found, "")
-                if yank:
-                    await self.db.yank_version(package, found, "")
-                elif unyank:
-                    await self.db.unyank_version(package, found)
+                    await db.skip_package(package, "")
+            for found, release in releases.items():
+                if release is None:
+                    # known already: only the operator's overrides apply
+                    if released_at is not None:
+                        await db.update_version_details(
+                            package, found, released=released_at)
+                else:
+                    auto_skip = skip_for(release.kinds(),
+                                         skip_pure_wheels=False)
+                    version_skip = skip if (skip is not None and version) \
+                        else auto_skip
+                    is_new = await db.add_new_package_version(
+                        package, found, released_at or release.released,
+                        version_skip, release.requires_python)
+                    if is_new:
+                        added.append(found)
+                    else:
+                        await db.update_version_details(
+                            package, found, released_at or release.released,
+                            release.requires_python)
+                    if release.yanked and not unyank:
+                        await db.yank_version(package, found,
+                                              release.yank_reason)
+                if version:
+                    if skip is not None:
+                        await db.skip_package_version(package, found, skip)
+                    elif unskip:
+                        await db.skip_package_version(package, found, "")
+                    if yank:
+                        await db.yank_version(package, found, "")
+                    elif unyank:
+                        await db.unyank_version(package, found)
+            return added
+
+        added = await self.db.transaction(write)
 
         self.page_writer.request_rewrite(package)
         self.page_writer.rewrite_index()
@@ -427,18 +434,22 @@ class AdminHub(service.Service):
             self.page_writer.request_rewrite(package)
             return {"message": f"yanked {package} {version}"}
         if builds or skip is not None:
-            if skip is not None:
-                if version:
-                    await self.db.skip_package_version(package, version, skip)
-                else:
-                    await self.db.skip_package(package, skip)
-                self.queue.drop(package, version or None)
             versions = [version] if version else [
                 v.version for v in await self.db.get_project_versions(package)]
-            count = 0
-            for found in versions:
-                filenames = await self.db.delete_build(package, found)
-                count += len(filenames)
+
+            async def remove_builds(db):
+                # one transaction: the skip and every release's builds
+                if skip is not None:
+                    if version:
+                        await db.skip_package_version(package, version, skip)
+                    else:
+                        await db.skip_package(package, skip)
+                return sum([len(await db.delete_build(package, found))
+                            for found in versions])
+
+            count = await self.db.transaction(remove_builds)
+            if skip is not None:
+                self.queue.drop(package, version or None)
             await self._tree_follows(package)
             self.queue.request_refresh()
             target = f"{package} {version}" if version else package

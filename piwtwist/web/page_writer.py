@@ -6,9 +6,12 @@ renders them and writes them atomically:
 ``request_rewrite(package, both=True)``
     rewrite a project's pages (``both``: its simple index too).  Requests
     are buffered for ``rewrite_delay`` seconds and de-duplicated, so a
-    burst of files for one release writes each page once; they are saved
-    in the database (``save_rewrites_pending``) every ``save_interval``
-    seconds and when the master stops, and loaded again at start.
+    burst of files for one release writes each page once.  Each request is
+    saved in the database as it comes (all those of one turn of the
+    reactor in one ``update_rewrites_pending``) and forgotten there once
+    written, so a crash loses none: they are loaded again at start.  A
+    save the database refused is tried again after ``save_interval``
+    seconds.
 ``build_finished(build)``
     a :class:`~piwtwist.db.records.BuildResult` was recorded; subscribe
     this to ``BuilderHub.build_listeners``.  The project's pages are
@@ -173,7 +176,11 @@ class PageWriter(service.Service):
         self.abi_refresh_interval = abi_refresh_interval
         self._pending = OrderedDict()
         self._in_progress = {}
-        self._pending_changed = False
+        #: what the saved queue lacks: requests to add, packages written
+        self._unsaved_added = {}
+        self._unsaved_done = set()
+        self._save_call = None
+        self._saving = None
         self._drain_call = None
         self._draining = None
         self._full_rewrite = None
@@ -181,8 +188,6 @@ class PageWriter(service.Service):
         self._abis = None
         self._abis_at = None
         self._preinstalled = {}
-        self._save_loop = None
-        self._save_done = None
         self._started = None
         self._jobs = {
             "home": RateLimitedJob(reactor, home_interval, self._write_home,
@@ -220,16 +225,13 @@ class PageWriter(service.Service):
         await self._write_static_pages()
         try:
             for saved in await self.db.load_rewrites_pending():
-                self._add(saved.package, saved.command, saved.added_at)
+                self._add(saved.package, saved.command, saved.added_at,
+                          save=False)
         except DatabaseUnavailable as e:
             self.log.warn("could not load the saved page rewrites: {why}",
                           why=str(e))
         if not self.running:
             return   # stopped while starting
-        self._save_loop = task.LoopingCall(self._save_if_changed)
-        self._save_loop.clock = self.reactor
-        self._save_done = self._save_loop.start(self.save_interval,
-                                                now=False)
         if self.rewrite_all_at_start:
             self.rewrite_all()
         else:
@@ -252,9 +254,15 @@ class PageWriter(service.Service):
         # every worker finishes the package in hand, then stops
         await defer.DeferredList(
             [_quiet(d) for d in waiting], consumeErrors=True)
-        if self._save_loop is not None and self._save_loop.running:
-            self._save_loop.stop()
-        await self._save_pending()
+        # what is not saved yet, saved now
+        if self._save_call is not None and self._save_call.active():
+            self._save_call.cancel()
+        self._save_call = None
+        if self._saving is not None:
+            await _quiet(self._saving)
+        if self._unsaved_added or self._unsaved_done:
+            self._save()
+            await _quiet(self._saving)
         if self._own_cooperator:
             self.cooperator.stop()
 
@@ -331,7 +339,7 @@ class PageWriter(service.Service):
             return None
         return canonical
 
-    def _add(self, package, command, added_at=None):
+    def _add(self, package, command, added_at=None, save=True):
         existing = self._pending.get(package)
         if existing is not None:
             if existing.command == "BOTH" or command == existing.command:
@@ -341,7 +349,10 @@ class PageWriter(service.Service):
             package=package, command=command,
             added_at=existing.added_at if existing is not None
             else added_at or datetime.now(timezone.utc))
-        self._pending_changed = True
+        if save:
+            self._unsaved_added[package] = self._pending[package]
+            self._unsaved_done.discard(package)
+            self._schedule_save(0)
 
     def _schedule_drain(self):
         if not self.running or not self._pending or \
@@ -371,26 +382,50 @@ class PageWriter(service.Service):
                                          both=request.command == "BOTH")
             finally:
                 del self._in_progress[package]
-                self._pending_changed = True
+                if package not in self._pending:
+                    # written (or gone): its saved request goes too
+                    self._unsaved_added.pop(package, None)
+                    self._unsaved_done.add(package)
+                    self._schedule_save(0)
 
-    async def _save_pending(self):
-        saved = {**self._pending, **self._in_progress}
-        self._pending_changed = False
+    def _schedule_save(self, delay):
+        """Save what changed in the queue after *delay* seconds (0: once
+        this turn of the reactor is over, with whatever else it adds),
+        one save at a time, in order."""
+        if self._save_call is None and self._saving is None and \
+                self.running:
+            self._save_call = self.reactor.callLater(delay, self._save)
+
+    def _save(self):
+        self._save_call = None
+        added, self._unsaved_added = self._unsaved_added, {}
+        done, self._unsaved_done = self._unsaved_done, set()
+        if not added and not done:
+            return
+        self._saving = defer.Deferred.fromCoroutine(
+            self._save_changes(added, done))
+        self._saving.addErrback(_log_failure, self.log,
+                                "saving the pending page rewrites failed")
+
+    async def _save_changes(self, added, done):
+        delay = 0
         try:
-            await self.db.save_rewrites_pending(
-                sorted(saved.values(), key=lambda r: r.added_at))
+            await self.db.update_rewrites_pending(
+                done, sorted(added.values(), key=lambda r: r.added_at))
         except DatabaseUnavailable as e:
-            self._pending_changed = True
             self.log.warn("could not save the pending page rewrites: {why}",
                           why=str(e))
-
-    def _save_if_changed(self):
-        if not self._pending_changed:
-            return None
-        d = defer.Deferred.fromCoroutine(self._save_pending())
-        d.addErrback(_log_failure, self.log,
-                     "saving the pending page rewrites failed")
-        return d
+            # back into the next save, unless superseded meanwhile
+            for package, request in added.items():
+                if package not in self._unsaved_done:
+                    self._unsaved_added.setdefault(package, request)
+            self._unsaved_done.update(p for p in done
+                                      if p not in self._unsaved_added)
+            delay = self.save_interval
+        finally:
+            self._saving = None
+        if self._unsaved_added or self._unsaved_done:
+            self._schedule_save(delay)
 
     # projects ---------------------------------------------------------
 

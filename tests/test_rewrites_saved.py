@@ -1,0 +1,81 @@
+"""The page writer's queue is saved request by request: a crash (no
+stopService) loses no requested rewrite, and each save carries only what
+changed."""
+
+import pytest
+import pytest_twisted
+
+from piwtwist.db.pool import DatabaseUnavailable
+from tests.web_support import add_release, page_writer, settle
+
+
+class CountingDatabase:
+    """The real database, with its queue saves counted (and refused while
+    ``refuse`` is set)."""
+
+    def __init__(self, db):
+        self.db = db
+        self.saves = []
+        self.refuse = False
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    async def update_rewrites_pending(self, done, added):
+        if self.refuse:
+            raise DatabaseUnavailable("the database went away")
+        self.saves.append((sorted(done), sorted(r.package for r in added)))
+        await self.db.update_rewrites_pending(done, added)
+
+
+@pytest.fixture
+def output(tmp_path):
+    path = tmp_path / "www"
+    path.mkdir()
+    return path
+
+
+async def saved(db):
+    return {(r.package, r.command) for r in await db.load_rewrites_pending()}
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_are_saved_as_they_come_and_forgotten_once_written(
+        db, output, reactor):
+    for name in ("one", "two", "three"):
+        await add_release(db, name, "1.0")
+    counting = CountingDatabase(db)
+    writer = page_writer(counting, output, reactor, rewrite_delay=0.5,
+                         save_interval=0.1)
+    writer.startService()
+    try:
+        await settle(reactor, 0.05)
+        writer.request_rewrite("one")
+        writer.request_rewrite("two", both=False)
+        writer.request_rewrite("one", both=False)
+        await settle(reactor, 0.05)
+        # saved before anything is written: a crash now loses nothing
+        assert await saved(db) == {("one", "BOTH"), ("two", "PROJECT")}
+        assert counting.saves == [([], ["one", "two"])]  # one save a turn
+        writer.request_rewrite("two")
+        await settle(reactor, 0.05)
+        assert counting.saves[-1] == ([], ["two"])  # only what changed
+        assert await saved(db) == {("one", "BOTH"), ("two", "BOTH")}
+        # a save the database refuses is made again later
+        counting.refuse = True
+        writer.request_rewrite("three", both=False)
+        await settle(reactor, 0.05)
+        counting.refuse = False
+        await settle(reactor, 0.2)
+        assert await saved(db) == {("one", "BOTH"), ("two", "BOTH"),
+                                   ("three", "PROJECT")}
+        await writer.wait_until_idle()
+        await settle(reactor, 0.1)
+        assert (output / "project" / "three" / "index.html").is_file()
+        # written: forgotten, without waiting for the writer to stop
+        assert await saved(db) == set()
+        assert {p for done, _ in counting.saves for p in done} == {
+            "one", "two", "three"}
+    finally:
+        await writer.stopService()
+    assert await saved(db) == set()
