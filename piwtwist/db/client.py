@@ -495,6 +495,7 @@ class Database:
 
     # effects on the output tree ------------------------------------------
 
+    @retry_safe
     async def get_pending_deletions(self, limit=500):
         """The oldest deletions the output tree owes the database, as
         :class:`PendingDeletion` records."""
@@ -502,11 +503,13 @@ class Database:
                                 (limit,))
         return [_record(PendingDeletion, row) for row in rows]
 
+    @retry_safe
     async def finish_deletions(self, deletion_ids):
         """Forget deletions that have been carried out."""
         await self._rows("SELECT finish_deletions(%s::BIGINT[])",
                          (list(deletion_ids),))
 
+    @retry_safe
     async def get_files_by_name(self, filenames):
         """{filename: (package, build_id, filesize, filehash)} of the
         recorded files among *filenames*."""
@@ -515,6 +518,7 @@ class Database:
         return {row.filename: (row.package, row.build_id, row.filesize,
                                row.filehash.strip()) for row in rows}
 
+    @retry_safe
     async def get_audit_facts(self, packages):
         """{package: {filename: (filesize, filehash)}} for those of
         *packages* the database knows."""
