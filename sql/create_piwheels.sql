@@ -1139,18 +1139,19 @@ $sql$;
 -------------------------------------------------------------------------------
 
 -- log_hits: one batch of hits, in one transaction.  Each argument but the
--- first is a JSON array of objects with short keys: t (seconds since the
--- epoch), h (address), f (a download's file name), p (a search's package, a
--- page hit's project or page), u and b (a page hit's User-Agent and whether
--- it is a bot), and for downloads and searches the client's facts: in, iv
--- (installer), pn, pv (Python implementation and version), dn, dv, di
--- (distribution name, version, id), ln, lv (libc), on, ov (system), a
--- (CPU), o (OpenSSL), s (setuptools), c (CI).  Downloads also count in
--- downloads_daily, download_totals and download_clients_daily.  A batch
+-- first is a JSON array of objects with short keys.  Clients (each
+-- distinct one once): in, iv (installer), pn, pv (Python implementation
+-- and version), dn, dv, di (distribution name, version, id), ln, lv
+-- (libc), on, ov (system), a (CPU), o (OpenSSL), s (setuptools), c (CI).
+-- Hits: t (seconds since the epoch), h (address), f (a download's file
+-- name), p (a search's package, a page hit's project or page), c (a
+-- download's or search's client: an index into clients, from 0), u and b
+-- (a page hit's User-Agent and whether it is a bot).  Downloads also count
+-- in downloads_daily, download_totals and download_clients_daily.  A batch
 -- whose id was recorded before changes nothing and gives false: a logger
 -- sends a batch again when the master's acknowledgement was lost.
 CREATE FUNCTION log_hits(
-    batch VARCHAR, new_downloads JSON, new_searches JSON,
+    batch VARCHAR, clients JSON, new_downloads JSON, new_searches JSON,
     new_project_hits JSON, new_json_hits JSON, new_page_hits JSON
 ) RETURNS BOOLEAN
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
@@ -1165,30 +1166,36 @@ BEGIN
     END IF;
 
     IF json_array_length(new_downloads) > 0 THEN
-        WITH added AS (
+        WITH client AS (
+            SELECT c.n - 1 AS i, left(c."in", 20) AS "in", left(c.iv, 100) AS iv,
+                   left(c.pn, 100) AS pn, left(c.pv, 100) AS pv,
+                   left(c.dn, 100) AS dn, left(c.dv, 100) AS dv,
+                   left(c.di, 100) AS di, left(c.ln, 100) AS ln,
+                   left(c.lv, 100) AS lv, left(c."on", 100) AS "on",
+                   left(c.ov, 100) AS ov, left(c.a, 100) AS a,
+                   left(c.o, 200) AS o, left(c.s, 100) AS s, c.c
+            FROM ROWS FROM (json_to_recordset(clients) AS (
+                "in" VARCHAR, iv VARCHAR, pn VARCHAR, pv VARCHAR, dn VARCHAR,
+                dv VARCHAR, di VARCHAR, ln VARCHAR, lv VARCHAR, "on" VARCHAR,
+                ov VARCHAR, a VARCHAR, o VARCHAR, s VARCHAR, c BOOLEAN))
+                WITH ORDINALITY AS c("in", iv, pn, pv, dn, dv, di, ln, lv,
+                                     "on", ov, a, o, s, c, n)
+        ), added AS (
             INSERT INTO downloads (
                 filename, accessed_by, accessed_at, arch, distro_name,
                 distro_version, os_name, os_version, py_name, py_version,
                 installer_name, installer_version, setuptools_version,
                 distro_id, libc_name, libc_version, openssl_version, ci)
-            SELECT left(r.f, 255), r.h, to_timestamp(r.t), left(r.a, 100),
-                   left(r.dn, 100), left(r.dv, 100), left(r."on", 100),
-                   left(r.ov, 100), left(r.pn, 100), left(r.pv, 100),
-                   left(r."in", 20), left(r.iv, 100), left(r.s, 100),
-                   left(r.di, 100), left(r.ln, 100), left(r.lv, 100),
-                   left(r.o, 200), r.c
+            SELECT left(r.f, 255), r.h, to_timestamp(r.t), c.a, c.dn, c.dv,
+                   c."on", c.ov, c.pn, c.pv, c."in", c.iv, c.s, c.di, c.ln,
+                   c.lv, c.o, c.c
             FROM json_to_recordset(new_downloads) AS r(
-                f VARCHAR, h INET, t DOUBLE PRECISION, a VARCHAR,
-                dn VARCHAR, dv VARCHAR, "on" VARCHAR, ov VARCHAR, pn VARCHAR,
-                pv VARCHAR, "in" VARCHAR, iv VARCHAR, s VARCHAR, di VARCHAR,
-                ln VARCHAR, lv VARCHAR, o VARCHAR, c BOOLEAN)
+                f VARCHAR, h INET, t DOUBLE PRECISION, c BIGINT)
+            LEFT JOIN client c ON c.i = r.c
             RETURNING filename, accessed_at, installer_name, py_version,
                       distro_name, distro_version, arch
-        ), counted AS (
-            SELECT lower(regexp_replace(split_part(a.filename, '-', 1),
-                                        '[-_.]+', '-', 'g')) AS package,
-                   (a.accessed_at AT TIME ZONE 'UTC')::DATE AS day,
-                   COALESCE(b.duration, INTERVAL '0') AS saved,
+        ), grouped AS (
+            SELECT a.filename, (a.accessed_at AT TIME ZONE 'UTC')::DATE AS day,
                    CASE WHEN a.installer_name IN ('pip', 'uv')
                         THEN a.installer_name ELSE 'other' END AS installer,
                    COALESCE(substring(a.py_version FROM '^\d+\.\d+'), '')
@@ -1196,14 +1203,22 @@ BEGIN
                    left(trim(COALESCE(a.distro_name, '') || ' '
                              || COALESCE(a.distro_version, '')), 200)
                        AS distro,
-                   COALESCE(a.arch, '') AS arch
+                   COALESCE(a.arch, '') AS arch, COUNT(*) AS n
             FROM added a
-            LEFT JOIN files f ON f.filename = a.filename
+            GROUP BY 1, 2, 3, 4, 5, 6
+        ), counted AS (
+            SELECT lower(regexp_replace(split_part(g.filename, '-', 1),
+                                        '[-_.]+', '-', 'g')) AS package,
+                   g.day, g.n, g.n * COALESCE(b.duration, INTERVAL '0')
+                       AS saved,
+                   g.installer, g.python, g.distro, g.arch
+            FROM grouped g
+            LEFT JOIN files f ON f.filename = g.filename
             LEFT JOIN builds b ON b.build_id = f.build_id
         ), daily AS (
             INSERT INTO downloads_daily AS d (package, day, downloads,
                                               time_saved)
-            SELECT c.package, c.day, COUNT(*), SUM(c.saved)
+            SELECT c.package, c.day, SUM(c.n), SUM(c.saved)
             FROM counted c GROUP BY c.package, c.day
             ORDER BY c.package, c.day
             ON CONFLICT ON CONSTRAINT downloads_daily_pk DO UPDATE
@@ -1211,7 +1226,7 @@ BEGIN
                 time_saved = d.time_saved + EXCLUDED.time_saved
         ), totals AS (
             INSERT INTO download_totals AS d (package, downloads, time_saved)
-            SELECT c.package, COUNT(*), SUM(c.saved)
+            SELECT c.package, SUM(c.n), SUM(c.saved)
             FROM counted c GROUP BY c.package ORDER BY c.package
             ON CONFLICT ON CONSTRAINT download_totals_pk DO UPDATE
             SET downloads = d.downloads + EXCLUDED.downloads,
@@ -1219,7 +1234,7 @@ BEGIN
         )
         INSERT INTO download_clients_daily AS d (day, installer, python,
                                                  distro, arch, downloads)
-        SELECT c.day, c.installer, c.python, c.distro, c.arch, COUNT(*)
+        SELECT c.day, c.installer, c.python, c.distro, c.arch, SUM(c.n)
         FROM counted c GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
         ON CONFLICT ON CONSTRAINT download_clients_daily_pk DO UPDATE
         SET downloads = d.downloads + EXCLUDED.downloads;
@@ -1231,17 +1246,21 @@ BEGIN
             distro_version, os_name, os_version, py_name, py_version,
             installer_name, installer_version, setuptools_version,
             distro_id, libc_name, libc_version, openssl_version, ci)
-        SELECT left(r.p, 200), r.h, to_timestamp(r.t), left(r.a, 100),
-               left(r.dn, 100), left(r.dv, 100), left(r."on", 100),
-               left(r.ov, 100), left(r.pn, 100), left(r.pv, 100),
-               left(r."in", 20), left(r.iv, 100), left(r.s, 100),
-               left(r.di, 100), left(r.ln, 100), left(r.lv, 100),
-               left(r.o, 200), r.c
+        SELECT left(r.p, 200), r.h, to_timestamp(r.t), left(c.a, 100),
+               left(c.dn, 100), left(c.dv, 100), left(c."on", 100),
+               left(c.ov, 100), left(c.pn, 100), left(c.pv, 100),
+               left(c."in", 20), left(c.iv, 100), left(c.s, 100),
+               left(c.di, 100), left(c.ln, 100), left(c.lv, 100),
+               left(c.o, 200), c.c
         FROM json_to_recordset(new_searches) AS r(
-            p VARCHAR, h INET, t DOUBLE PRECISION, a VARCHAR, dn VARCHAR,
-            dv VARCHAR, "on" VARCHAR, ov VARCHAR, pn VARCHAR, pv VARCHAR,
-            "in" VARCHAR, iv VARCHAR, s VARCHAR, di VARCHAR, ln VARCHAR,
-            lv VARCHAR, o VARCHAR, c BOOLEAN);
+            p VARCHAR, h INET, t DOUBLE PRECISION, c BIGINT)
+        LEFT JOIN ROWS FROM (json_to_recordset(clients) AS (
+            "in" VARCHAR, iv VARCHAR, pn VARCHAR, pv VARCHAR, dn VARCHAR,
+            dv VARCHAR, di VARCHAR, ln VARCHAR, lv VARCHAR, "on" VARCHAR,
+            ov VARCHAR, a VARCHAR, o VARCHAR, s VARCHAR, c BOOLEAN))
+            WITH ORDINALITY AS c("in", iv, pn, pv, dn, dv, di, ln, lv, "on",
+                                 ov, a, o, s, c, n)
+            ON c.n = r.c + 1;
     END IF;
 
     IF json_array_length(new_project_hits) > 0 THEN
@@ -1314,11 +1333,12 @@ CREATE FUNCTION log_download(
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
 AS $sql$
     SELECT log_hits(NULL, json_build_array(json_build_object(
-        'f', fname, 'h', host, 't', extract(EPOCH FROM at), 'a', arch,
-        'dn', distro_name, 'dv', distro_version, 'on', os_name,
+        'a', arch, 'dn', distro_name, 'dv', distro_version, 'on', os_name,
         'ov', os_version, 'pn', py_name, 'pv', py_version,
         'in', installer_name, 'iv', installer_version,
-        's', setuptools_version)), '[]', '[]', '[]', '[]');
+        's', setuptools_version)), json_build_array(json_build_object(
+        'f', fname, 'h', host, 't', extract(EPOCH FROM at), 'c', 0)),
+        '[]', '[]', '[]', '[]');
 $sql$;
 
 CREATE FUNCTION log_search(

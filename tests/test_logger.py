@@ -217,13 +217,49 @@ def test_the_master_checks_hits_again():
         [9, T, "192.0.2.1", "a", None],
         "nonsense", [PROJECT, float("nan"), "192.0.2.1", "a", "x", False],
     ]
-    tables, malformed = database_rows(hits)
+    (clients, *tables), malformed = database_rows(hits)
     assert malformed == 6
     assert [len(t) for t in tables] == [1, 1, 1, 1, 1]
     assert tables[3][0]["h"] == "0.0.0.0"
-    assert tables[0][0]["f"] == WHEEL and tables[0][0]["a"] == "armv7l"
-    assert tables[1][0]["h"] == "2001:db8::1" and tables[1][0]["c"] is True
+    assert tables[0][0]["f"] == WHEEL
+    assert clients[tables[0][0]["c"]]["a"] == "armv7l"
+    assert tables[1][0]["h"] == "2001:db8::1"
+    assert clients[tables[1][0]["c"]]["c"] is True
     assert tables[4][0]["u"] == "AB"
+
+
+def test_a_batch_names_each_client_once():
+    pip = classify("GET", f"/simple/a/{WHEEL}", 200, PIP, "192.0.2.1", T)
+    hits = [pip, list(pip), classify("GET", "/simple/a/", 200, PIP,
+                                     "192.0.2.1", T),
+            [DOWNLOAD, T, "192.0.2.1", WHEEL, None]]
+    clients, encoded = cbor2.loads(proto.encode_batch(hits))
+    assert len(clients) == 1 and [h[4] for h in encoded] == [0, 0, 0, None]
+    (rows, downloads, searches, *_), malformed = database_rows(
+        encoded, clients)
+    assert malformed == 0 and len(rows) == 1
+    assert [d["c"] for d in downloads] == [0, 0, None]
+    # an index to nowhere, or a client that is not one, spoils only its hit
+    (rows, downloads, *_), malformed = database_rows(
+        [[DOWNLOAD, T, "192.0.2.1", WHEEL, 5],
+         [DOWNLOAD, T, "192.0.2.1", WHEEL, 1],
+         [DOWNLOAD, T, "192.0.2.1", WHEEL, 0]], [clients[0], "nonsense"])
+    assert malformed == 2 and len(downloads) == 1 and len(rows) == 1
+
+
+def test_the_fast_regex_matches_what_apachelogs_matches():
+    from apachelogs import COMBINED, LogParser
+    lines = [combined(f"/simple/foo/{WHEEL}", agent=agent)
+             for agent in (PIP, UV, WGET, FIREFOX, "", "-", 'a\\"b',
+                           "\\x41\\x4g end", 'quote " inside')]
+    lines.append('192.0.2.7 - - [10/Oct/2024:13:55:36 +0000] "" 400 0 "-" '
+                 '"-"')
+    reference = LogParser(COMBINED)
+    ours = LineParser("combined")
+    for line in lines:
+        expected = reference._rgx.fullmatch(line)
+        found = ours.regex.fullmatch(line)
+        assert (expected and expected.groups()) == (found and found.groups())
 
 
 # the shipper ------------------------------------------------------------
@@ -249,8 +285,11 @@ class FakeMaster:
         for arguments, d in calls:
             data.append(arguments["data"])
             if arguments["part"] == arguments["parts"] - 1:
-                batches.append((arguments["batch"],
-                                cbor2.loads(b"".join(data)),
+                clients, hits = cbor2.loads(b"".join(data))
+                for hit in hits:
+                    if hit[0] in (DOWNLOAD, SEARCH) and hit[4] is not None:
+                        hit[4] = clients[hit[4]]
+                batches.append((arguments["batch"], hits,
                                 arguments["dropped"]))
                 data = []
             d.callback({"stored": stored, "hits": 0})

@@ -438,17 +438,17 @@ class Database:
         await self._log_page_hit("log_page", hit)
 
     @retry_safe
-    async def log_hits(self, batch_id, downloads, searches, project_hits,
-                       json_hits, page_hits):
+    async def log_hits(self, batch_id, clients, downloads, searches,
+                       project_hits, json_hits, page_hits):
         """Store a batch of hits in one transaction (rows as
         :func:`piwtwist.master.hit_recorder.database_rows` makes them);
         False when a batch of this id was stored before."""
         return await self._scalar(
             "SELECT log_hits(%s, %s::JSON, %s::JSON, %s::JSON, %s::JSON, "
-            "%s::JSON)",
+            "%s::JSON, %s::JSON)",
             (batch_id, *(json.dumps(rows, separators=(",", ":"))
-                         for rows in (downloads, searches, project_hits,
-                                      json_hits, page_hits))))
+                         for rows in (clients, downloads, searches,
+                                      project_hits, json_hits, page_hits))))
 
     async def prune_hits(self, days):
         """Forget raw hits older than *days* days (none for 0); returns how
@@ -473,7 +473,6 @@ class Database:
             tables.setdefault(row.kind, []).append(
                 (row.name, row.downloads, row.time_saved))
         return tables
-
 
     # the page writer's queue ---------------------------------------------
 

@@ -140,10 +140,15 @@ def is_installer(client):
         any(value is not None for value in client[2:])
 
 
-@functools.lru_cache(maxsize=4096)
+_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                   r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+
+
 def address(text):
     """*text* as the database stores an address; ``0.0.0.0`` when the log
     holds a host name (``HostnameLookups On``) or nothing usable."""
+    if _IPV4.fullmatch(text):
+        return text        # already in the form ipaddress would give
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:

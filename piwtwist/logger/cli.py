@@ -76,7 +76,7 @@ class Options(ToolOptions):
         if self["buffer"] < self["batch-size"]:
             raise usage.UsageError("--buffer must be at least --batch-size")
         for name in self["files"]:
-            if name != "-" and not os.path.isfile(name):
+            if name != "-" and not os.path.exists(name):
                 raise usage.UsageError(f"{name}: no such file")
 
 

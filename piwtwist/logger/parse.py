@@ -32,6 +32,25 @@ FORMATS = {
 MAX_LINE = 32768
 
 
+# apachelogs matches every quoted field ("%r", "%{User-Agent}i", ...) with
+# a lazy loop over single characters, which is most of the time spent on a
+# line with a pip User-Agent.  Between quotes the same strings are matched,
+# with the same groups, by runs of plain characters between escapes taken
+# possessively: a field ends at the first unescaped quote either way.
+_QUOTED_FIELD = r"(?:[ !\x23-\x5B\x5D-\x7E]|\\x[0-9A-Fa-f]{2}|\\.)*?"
+_QUOTED_FIELD_FAST = (r"[ !\x23-\x5B\x5D-\x7E]*+(?:(?:\\x[0-9A-Fa-f]{2}|"
+                      r"\\.)[ !\x23-\x5B\x5D-\x7E]*+)*+")
+
+
+def faster_quoted_fields(regex):
+    """apachelogs' *regex* with its quoted fields matched in runs."""
+    for slow, fast in (
+            (f'"((?:{_QUOTED_FIELD}|-))"', f'"((?:{_QUOTED_FIELD_FAST}|-))"'),
+            (f'"({_QUOTED_FIELD})"', f'"({_QUOTED_FIELD_FAST})"')):
+        regex = regex.replace(slow, fast)
+    return regex
+
+
 class BrokenLine(ValueError):
     """A line that is not a log entry of the expected format."""
 
@@ -54,7 +73,7 @@ class LineParser:
             groups, regex = format2regex(self.format)
         except ApacheLogsError as e:
             raise ValueError(f"not a LogFormat apachelogs knows: {e}")
-        self.regex = re.compile(regex)
+        self.regex = re.compile(faster_quoted_fields(regex))
         self.fields = {}
         time_fields = []
         for index, (name, directive, convert) in enumerate(groups, 1):
@@ -87,7 +106,6 @@ class LineParser:
         self._timestamp = functools.lru_cache(maxsize=512)(self._timestamp)
         self._agent = functools.lru_cache(maxsize=8192)(self._agent)
         self._request = functools.lru_cache(maxsize=8192)(self._request)
-        self._host = functools.lru_cache(maxsize=8192)(self._host)
 
     def _request(self, raw):
         """(method, path) of a raw request line."""
@@ -97,6 +115,8 @@ class LineParser:
         return method, path
 
     def _host(self, raw):
+        if "\\" not in raw:
+            return raw     # nothing to unescape (and hosts rarely repeat)
         return _text(self.host[1](raw)) or ""
 
     def _timestamp(self, raw):

@@ -19,7 +19,6 @@ to the master) once the master takes batches again.
 from collections import deque
 
 import attrs
-import cbor2
 from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -140,7 +139,7 @@ class HitShipper:
         self.seq += 1
         self.unsent.append(Batch(
             f"{self.session}:{self.seq}", self.seq, hits,
-            proto.split_parts(cbor2.dumps(hits))))
+            proto.split_parts(proto.encode_batch(hits))))
 
     def _drop_oldest(self):
         excess = self.held - self.max_buffered

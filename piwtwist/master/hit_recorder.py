@@ -14,7 +14,6 @@ Once an hour ``prune_hits()`` forgets raw hits older than the retention
 (the daily counts stay) and the ids of old batches.
 """
 
-import math
 import uuid
 
 import cbor2
@@ -40,57 +39,89 @@ class InvalidHit(ValueError):
 def _text(value, limit):
     if value is None:
         return None
-    if not isinstance(value, str):
+    if type(value) is not str:
         raise InvalidHit(f"{value!r} is not text")
     return clean(value, limit)
 
 
 def _client(values):
-    if values is None:
-        return {}
-    if not isinstance(values, list) or len(values) != _CLIENT_SIZE:
+    """A row of ``log_hits()``'s clients from a client list."""
+    if type(values) is not list or len(values) != _CLIENT_SIZE:
         raise InvalidHit("malformed client details")
     row = {key: _text(value, limit) for key, value, limit in
            zip(CLIENT_KEYS[:-1], values, _CLIENT_LIMITS[:-1])}
     ci = values[-1]
-    row["c"] = ci if isinstance(ci, bool) else None
+    row["c"] = ci if type(ci) is bool else None
     return row
 
 
-def database_rows(hits):
-    """The five lists of rows ``log_hits()`` takes, from *hits* as
-    :mod:`piwtwist.logger.classify` makes them, checked as untrusted input;
-    and how many hits were malformed (left out)."""
+class _Clients:
+    """The clients of one batch, each checked once."""
+
+    def __init__(self, given):
+        self.given = given if type(given) is list else []
+        self.rows = []
+        self.index = {}
+
+    def row_index(self, slot):
+        if slot is None:
+            return None
+        if type(slot) is int:
+            if not 0 <= slot < len(self.given):
+                raise InvalidHit("no such client")
+            key = ("given", slot)
+            values = self.given[slot]
+        else:
+            key = id(slot)
+            values = slot
+        index = self.index.get(key)
+        if index is None:
+            row = _client(values)       # raises before anything is kept
+            index = self.index[key] = len(self.rows)
+            self.rows.append(row)
+        return index
+
+
+def database_rows(hits, clients=None):
+    """What ``log_hits()`` takes, from *hits* as
+    :mod:`piwtwist.logger.classify` makes them (with client lists, or
+    indexes into *clients* as a batch carries them), checked as untrusted
+    input: ``(clients, downloads, searches, project hits, JSON hits, page
+    hits)``, lists of rows; and how many hits were malformed (left out)."""
+    known = _Clients(clients)
     tables = ([], [], [], [], [])
     malformed = 0
     for hit in hits:
         try:
-            if not isinstance(hit, list) or len(hit) < 5:
+            if type(hit) is not list or len(hit) < 5:
                 raise InvalidHit("not a hit")
             kind, moment, host, name = hit[:4]
-            if not isinstance(moment, (int, float)) or \
-                    isinstance(moment, bool) or not math.isfinite(moment) \
-                    or not 0 <= moment < 2 ** 33:
+            if type(moment) not in (int, float) or \
+                    not 0 <= moment < 2 ** 33:     # also false for NaN
                 raise InvalidHit("bad time")
-            if not isinstance(host, str) or len(host) > 64:
+            if type(host) is not str or len(host) > 64:
                 raise InvalidHit("bad address")
-            row = {"t": moment, "h": address(host)}
+            if type(name) is not str:
+                raise InvalidHit("no name")
             if kind == DOWNLOAD or kind == SEARCH:
                 if len(hit) != 5:
                     raise InvalidHit("not a hit")
-                row.update(_client(hit[4]))
                 if kind == DOWNLOAD:
-                    row["f"] = _text(name, 255)
-                    if not row["f"] or not row["f"].endswith(".whl"):
+                    if not name.endswith(".whl"):
                         raise InvalidHit("not a wheel")
+                    row = {"t": moment, "h": address(host),
+                           "f": clean(name, 255),
+                           "c": known.row_index(hit[4])}
                 else:
-                    row["p"] = _text(name, 200)
+                    row = {"t": moment, "h": address(host),
+                           "p": clean(name, 200),
+                           "c": known.row_index(hit[4])}
             elif kind in (PROJECT, JSON, PAGE):
                 if len(hit) != 6:
                     raise InvalidHit("not a hit")
-                row["p"] = _text(name, 200 if kind != PAGE else 100)
-                row["u"] = _text(hit[4], 2000)
-                row["b"] = hit[5] is True
+                row = {"t": moment, "h": address(host),
+                       "p": clean(name, 200 if kind != PAGE else 100),
+                       "u": _text(hit[4], 2000), "b": hit[5] is True}
             else:
                 raise InvalidHit("unknown kind")
             if kind != DOWNLOAD and not row["p"]:
@@ -99,7 +130,7 @@ def database_rows(hits):
             malformed += 1
             continue
         tables[kind].append(row)
-    return tables, malformed
+    return (known.rows, *tables), malformed
 
 
 class HitReceiver(amp.AMP):
@@ -136,20 +167,22 @@ class HitReceiver(amp.AMP):
             return {"stored": False, "hits": 0}
         del self.parts[batch]
         try:
-            hits = cbor2.loads(b"".join(received))
+            clients, hits = cbor2.loads(b"".join(received))
         except Exception as e:
-            raise proto.BatchRefused(f"{batch} is not CBOR: {e}")
-        if not isinstance(hits, list) or len(hits) > proto.MAX_BATCH_HITS:
+            raise proto.BatchRefused(f"{batch} is not [clients, hits] in "
+                                     f"CBOR: {e}")
+        if type(hits) is not list or len(hits) > proto.MAX_BATCH_HITS or \
+                type(clients) is not list:
             raise proto.BatchRefused(
                 f"{batch} is not a list of at most "
                 f"{proto.MAX_BATCH_HITS} hits")
         if dropped > 0:
             self.log.warn("piw-logger dropped {count} hits while the master "
                           "could not take them (--drop)", count=dropped)
-        return defer.Deferred.fromCoroutine(self._store(batch, hits))
+        return defer.Deferred.fromCoroutine(self._store(batch, hits, clients))
 
-    async def _store(self, batch, hits):
-        stored, count = await self.recorder.store(batch, hits)
+    async def _store(self, batch, hits, clients):
+        stored, count = await self.recorder.store(batch, hits, clients)
         return {"stored": stored, "hits": count}
 
     def connectionLost(self, reason):
@@ -206,11 +239,11 @@ class HitRecorder(service.Service):
 
     # storing ---------------------------------------------------------------
 
-    async def store(self, batch_id, hits):
+    async def store(self, batch_id, hits, clients=None):
         """Store a batch; (whether it was new, how many hits it held).
         Raises :class:`~piwtwist.protocol.logger.TryLater` while the
         database is away."""
-        tables, malformed = database_rows(hits)
+        tables, malformed = database_rows(hits, clients)
         if malformed:
             self.log.warn("{batch}: left out {count} malformed hits",
                           batch=batch_id, count=malformed)

@@ -3,9 +3,12 @@ over the master's ``--log-queue`` (a UNIX socket, mode 0660, by default).
 
 ``piw-logger`` -> master:
 
-* :class:`HitBatch`, once per part of a batch.  A batch is a CBOR array of
-  hits (see :mod:`piwtwist.logger.classify` for their shape), cut into
-  parts of at most :data:`MAX_PART` bytes because an AMP value holds at
+* :class:`HitBatch`, once per part of a batch.  A batch is the CBOR of
+  ``[clients, hits]`` (:func:`encode_batch`): hits as
+  :mod:`piwtwist.logger.classify` makes them, except that a download's or
+  search's client details are an index into ``clients``, where each
+  distinct client appears once (a log repeats a few hundred clients).  It
+  is cut into parts of at most :data:`MAX_PART` bytes because an AMP value holds at
   most 65,535.  Every part carries the batch's id (``"<session>:<number>"``,
   unique for ever), its index and the number of parts; the master stores
   the batch when the last part arrives, in one transaction, and only then
@@ -20,6 +23,7 @@ The master never sends anything of its own accord.  Errors:
 ``TryLater`` (the database is away: send it again after a while).
 """
 
+import cbor2
 from twisted.protocols import amp
 
 #: The largest part of a batch, well under AMP's 65,535-byte value limit
@@ -61,3 +65,19 @@ def split_parts(data):
     always at least one part."""
     return [data[i:i + MAX_PART]
             for i in range(0, len(data), MAX_PART)] or [b""]
+
+
+def encode_batch(hits):
+    """The CBOR of ``[clients, hits]`` for *hits* (see the module's
+    docstring); the hits themselves are left as they are."""
+    clients, seen, encoded = [], {}, []
+    for hit in hits:
+        if hit[0] <= 1 and hit[4] is not None:      # download, search
+            key = id(hit[4])
+            index = seen.get(key)
+            if index is None:
+                index = seen[key] = len(clients)
+                clients.append(hit[4])
+            hit = [hit[0], hit[1], hit[2], hit[3], index]
+        encoded.append(hit)
+    return cbor2.dumps([clients, encoded])
