@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import threads
+from twisted.internet import endpoints, threads
 
+from piwtwist.master.hit_recorder import HitRecorder
 from piwtwist.web.layout import log_relative_path
-from tests.e2e import free_port
-from tests.web_support import published_site, run
+from tests.e2e import free_port, wait_for
+from tests.web_support import page_writer, published_site, run
 
 DOCS = Path(__file__).parent.parent / "docs"
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
@@ -117,13 +118,39 @@ async def install_with_pip(url, tmp_path):
     assert (tmp_path / "target" / "foo-1.0.dist-info").is_dir()
 
 
+async def install_with_uv(url, tmp_path):
+    uv = Path(sys.executable).with_name("uv")
+    result = await run([
+        uv, "pip", "install", "--quiet", "--no-deps", "--python",
+        sys.executable, "--index-url", f"{url}/simple/", "--target",
+        tmp_path / "uv-target", "foo"])
+    assert result.returncode == 0, result.stdout
+    assert (tmp_path / "uv-target" / "foo-1.0.dist-info").is_dir()
+
+
 @pytest.mark.skipif(shutil.which("nginx") is None,
                     reason="needs nginx (apt-get install nginx-light)")
 @pytest_twisted.ensureDeferred
-async def test_the_nginx_example(db, site_root, tmp_path, reactor):
+async def test_the_nginx_example(db, test_db, site_root, tmp_path, reactor):
+    """nginx with docs/nginx.conf; its access log followed by tail -F into
+    the real piw-logger, as the example says (nginx cannot pipe a log)."""
     output = site_root / "www"
     build_id, filename = await write_site(db, output, tmp_path / "w", reactor)
     port = free_port()
+    socket = site_root / "logger.sock"
+    recorder = HitRecorder(db, reactor)
+    listening = await endpoints.serverFromString(
+        reactor, f"unix:{socket}").listen(recorder.factory())
+    access_log = site_root / "access.log"
+    access_log.touch()
+    follow = subprocess.Popen(["tail", "-n", "+1", "-F", str(access_log)],
+                              stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL)
+    logger = subprocess.Popen(
+        [Path(sys.executable).with_name("piw-logger"), "-c", os.devnull,
+         "--drop", "--log-queue", f"unix:{socket}"],
+        stdin=follow.stdout, stderr=open(site_root / "logger.err", "wb"))
+    follow.stdout.close()
     config = (DOCS / "nginx.conf").read_text()
     config = config.replace("/var/www/piwheels", str(output))
     config = config.replace("listen 80;", f"listen 127.0.0.1:{port};")
@@ -152,10 +179,22 @@ async def test_the_nginx_example(db, site_root, tmp_path, reactor):
         await threads.deferToThread(check_server, url, output, build_id,
                                     filename)
         await install_with_pip(url, tmp_path)
+        await install_with_uv(url, tmp_path)
+        await wait_for(reactor, lambda: test_db.sql(
+            "SELECT count(*) FROM downloads")[0][0] >= 3, 30,
+            "the downloads", interval=0.2)
     finally:
         process.send_signal(signal.SIGQUIT)
-        process.wait(20)
-    assert "GET /simple/foo/" in (site_root / "access.log").read_text()
+        await threads.deferToThread(process.wait, 20)
+        follow.terminate()
+        await threads.deferToThread(logger.wait, 30)
+        await listening.stopListening()
+    assert "GET /simple/foo/" in access_log.read_text()
+    assert logger.returncode == 0
+    assert sorted(test_db.sql("SELECT installer_name FROM downloads")) == [
+        ("Python-urllib",), ("pip",), ("uv",)]
+    assert {row[0] for row in test_db.sql(
+        "SELECT installer_name FROM searches")} == {"pip", "uv"}
 
 
 #: What the example needs beyond what Debian's apache2 has built in
@@ -166,14 +205,25 @@ APACHE_MODULES = ("mpm_event", "authz_core", "mime", "dir", "rewrite",
 @pytest.mark.skipif(shutil.which("apache2") is None,
                     reason="needs Apache (apt-get install apache2)")
 @pytest_twisted.ensureDeferred
-async def test_the_apache_example(db, site_root, tmp_path, reactor):
+async def test_the_apache_example(db, test_db, site_root, tmp_path, reactor):
+    """Apache with docs/apache.conf, its log piped into the real
+    piw-logger, which feeds a hit recorder: pip's and uv's installs are
+    counted in the database and in packages.json."""
     output = site_root / "www"
     build_id, filename = await write_site(db, output, tmp_path / "w", reactor)
     port = free_port()
-    # piw-logger's place in the pipe: a script keeping what it is fed
+    socket = site_root / "logger.sock"
+    recorder = HitRecorder(db, reactor)
+    listening = await endpoints.serverFromString(
+        reactor, f"unix:{socket}:mode=666").listen(recorder.factory())
+    # piw-logger's place in the pipe: a script keeping a copy of what it is
+    # fed, then the real piw-logger
     piped = site_root / "piped.log"
     logger = site_root / "logger.sh"
-    logger.write_text(f"#!/bin/sh\nexec cat >> {piped}\n")
+    logger.write_text(
+        f"#!/bin/sh\nexec tee -a {piped} | "
+        f"{Path(sys.executable).with_name('piw-logger')} -c /dev/null "
+        f"--log-queue unix:{socket} \"$@\" 2>>{site_root}/logger.err\n")
     os.chmod(logger, 0o755)
     config = (DOCS / "apache.conf").read_text()
     config = config.replace("/var/www/piwheels", str(output))
@@ -208,13 +258,41 @@ async def test_the_apache_example(db, site_root, tmp_path, reactor):
         await threads.deferToThread(check_server, url, output, build_id,
                                     filename)
         await install_with_pip(url, tmp_path)
+        await install_with_uv(url, tmp_path)
     finally:
         process.send_signal(signal.SIGWINCH)   # graceful stop
         try:
-            process.wait(20)
+            await threads.deferToThread(process.wait, 20)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    # the combined log went through the pipe
+    # the combined log went through the pipe, and piw-logger (whose input
+    # ended with Apache) sent what counts before it exited
     lines = piped.read_text().splitlines()
     assert any('"GET /simple/foo/ HTTP/1.1" 200' in line for line in lines)
+    await wait_for(reactor, lambda: test_db.sql(
+        "SELECT count(*) FROM downloads")[0][0] >= 3, 30,
+        "the downloads", interval=0.2)
+    await listening.stopListening()
+    downloads = test_db.sql(
+        "SELECT filename, installer_name FROM downloads ORDER BY 2")
+    # urllib's fetch in check_server counts too: any client's download does
+    assert downloads == [(filename, "Python-urllib"), (filename, "pip"),
+                         (filename, "uv")], downloads
+    installers = {row[0] for row in test_db.sql(
+        "SELECT installer_name FROM searches")}
+    assert installers == {"pip", "uv"}
+    assert test_db.sql("SELECT installer, downloads FROM "
+                       "download_clients_daily ORDER BY 1") == [
+        ("other", 1), ("pip", 1), ("uv", 1)]
+    assert test_db.sql("SELECT count(*) FROM project_page_hits")[0][0] == 1
+    assert test_db.sql("SELECT count(*) FROM project_json_downloads"
+                       )[0][0] == 1
+    writer = page_writer(db, output, reactor)
+    writer.startService()
+    await writer.rewrite_all()
+    await writer.wait_until_idle()
+    await writer.stopService()
+    assert json.loads((output / "packages.json").read_text()) == [
+        ["foo", "Foo", 3, 3]]
+    assert " 0 broken lines" in (site_root / "logger.err").read_text()
