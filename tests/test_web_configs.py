@@ -295,4 +295,9 @@ async def test_the_apache_example(db, test_db, site_root, tmp_path, reactor):
     await writer.stopService()
     assert json.loads((output / "packages.json").read_text()) == [
         ["foo", "Foo", 3, 3]]
+    project = json.loads(
+        (output / "project" / "foo" / "json" / "index.json").read_text())
+    assert project["downloads"] == {"last_30_days": 3, "all_time": 3}
+    assert "Downloads: 3 in the last 30 days, 3 all time" in (
+        output / "project" / "foo" / "index.html").read_text()
     assert " 0 broken lines" in (site_root / "logger.err").read_text()

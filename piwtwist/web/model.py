@@ -109,6 +109,9 @@ class Project:
     pip_dependencies: tuple
     unresolved_dependencies: tuple
     install_version: str | None
+    #: downloads in the last 30 days and of all time
+    downloads_recent: int = 0
+    downloads_all: int = 0
 
     @property
     def versions(self):
@@ -166,13 +169,14 @@ def _cell(abi, release, builds, files_by_build, skip_reasons, package_skip):
 
 def project_facts(package, *, description="", skip="", versions=(),
                   files=(), builds=(), dependencies=None, aliases=(),
-                  build_abis=(), preinstalled=None, metadata_hashes=None):
+                  build_abis=(), preinstalled=None, metadata_hashes=None,
+                  downloads=(0, 0)):
     """Everything the pages of *package* show.
 
     *build_abis* are :class:`~piwtwist.db.records.BuildAbi` values (skipped
     ones included); *preinstalled* maps an ABI to the apt packages its OS
     image ships; *metadata_hashes* maps a wheel's name to the sha256 of its
-    published ``.metadata``.
+    published ``.metadata``; *downloads* is (last 30 days, all time).
     """
     dependencies = dependencies or {}
     preinstalled = preinstalled or {}
@@ -250,7 +254,8 @@ def project_facts(package, *, description="", skip="", versions=(),
         files=tuple(index_files), apt_install=apt_install,
         pip_dependencies=tuple(sorted(pip_deps)),
         unresolved_dependencies=tuple(sorted(unresolved)),
-        install_version=install.version if install else None)
+        install_version=install.version if install else None,
+        downloads_recent=downloads[0], downloads_all=downloads[1])
 
 
 def apt_install_lines(project):

@@ -447,14 +447,15 @@ class PageWriter(service.Service):
         await self._refresh_abis()
         db = self.db
         (description, skip, versions, files, builds, dependencies,
-         aliases) = await _gather(
+         aliases, downloads) = await _gather(
             db.get_package_description(package),
             db.get_package_skip(package),
             db.get_project_versions(package),
             db.get_project_files(package),
             db.get_project_builds(package),
             db.get_project_dependencies(package),
-            db.get_package_aliases(package))
+            db.get_package_aliases(package),
+            db.get_project_downloads(package))
         if description is None:
             # gone from the database: nothing of it may stay published
             self.log.info("{package} is no longer known; removing its pages",
@@ -467,7 +468,7 @@ class PageWriter(service.Service):
                 description=description, skip=skip, versions=versions,
                 files=files, builds=builds, dependencies=dependencies,
                 aliases=aliases, build_abis=self._abis,
-                preinstalled=self._preinstalled))
+                preinstalled=self._preinstalled, downloads=downloads))
         project = prepared["project"]
         pages = {layout.project_dir(self.output, package) / "index.html":
                  await render.render_cooperatively(

@@ -211,6 +211,8 @@ def project_json(project):
         "aliases": list(project.aliases),
         "project_url": f"/project/{project.package}/",
         "simple_url": f"/simple/{project.package}/",
+        "downloads": {"last_30_days": project.downloads_recent,
+                      "all_time": project.downloads_all},
         "abis": list(project.abis),
         "install": {
             "version": project.install_version,
