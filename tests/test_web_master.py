@@ -38,9 +38,13 @@ async def test_master_writes_and_serves_the_pages_of_a_build(
     assert builds[0][2] is True, deployment.logs()
     output = deployment.output
     project_json = output / "project" / "piw-served" / "json" / "index.json"
+    simple_json = output / "simple" / "piw-served" / "index.json"
+    # the audit at start may write the project's pages before its build:
+    # wait for the pages that list the wheel
     await wait_for(reactor, lambda: project_json.is_file() and (
-        output / "simple" / "piw-served" / "index.html").is_file(), 60,
-        "the pages of the build")
+        output / "simple" / "piw-served" / "index.html").is_file() and
+        simple_json.is_file() and b'"core-metadata":{"sha256"' in
+        simple_json.read_bytes(), 60, "the pages of the build")
     url = f"http://127.0.0.1:{port}"
 
     status, headers, body = await threads.deferToThread(
