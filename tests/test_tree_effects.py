@@ -202,8 +202,16 @@ async def test_stale_incoming_files_are_purged(db, test_db, output, reactor):
     old = time.time() - 7200
     os.utime(partial, (old, old))
     os.utime(staged, (old, old))
-    assert await effects.sweep_incoming(max_age=3600) == (0, 2)
-    assert not partial.exists() and not staged.parent.exists()
+    # a builder that reports again makes its staged wheel young again
+    assert await receiver.receive(
+        lambda *a, **kw: pytest.fail("fetched again"), "foo",
+        wheel["filename"], len(data), wheel["filehash"],
+        publish=False) == staged
+    assert await effects.sweep_incoming(max_age=3600) == (0, 1)
+    assert not partial.exists() and staged.exists()
+    os.utime(staged, (old, old))
+    assert await effects.sweep_incoming(max_age=3600) == (0, 1)
+    assert not staged.parent.exists()
 
 
 # deletions: recorded with the commit, carried out after a crash --------------

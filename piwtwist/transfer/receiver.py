@@ -881,6 +881,8 @@ class FileReceiver:
         path = self.staged_path(filename, sha256)
         try:
             if os.lstat(path).st_size == size:
+                # wanted again: not stale, whatever its age
+                os.utime(path, follow_symlinks=False)
                 return path
         except FileNotFoundError:
             pass
