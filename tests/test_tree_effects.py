@@ -398,3 +398,27 @@ async def test_an_audit_of_an_agreeing_tree_changes_nothing(
             second.damaged, second.purged, second.deletions) == (
         0, 0, [], [], 0, 0)
     assert first.wheels == second.wheels == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_sweep_runs_on_its_own(db, test_db, output, reactor):
+    """The master's hourly sweep, an hour made short: a stale partial
+    transfer goes without anyone asking (purge_stale was called only by
+    tests once)."""
+    from twisted.internet import task
+    partial = output / ".incoming" / "qux-1.0-py3-none-any.whl.part"
+    partial.parent.mkdir()
+    partial.write_bytes(b"half")
+    old = time.time() - 60
+    os.utime(partial, (old, old))
+    effects = effects_for(db, output, reactor, sweep_interval=0.2,
+                          stale_age=30, audit_at_start=False)
+    effects.startService()
+    try:
+        for _ in range(50):
+            if not partial.exists():
+                break
+            await task.deferLater(reactor, 0.1, lambda: None)
+        assert not partial.exists()
+    finally:
+        await effects.stopService()
