@@ -216,18 +216,23 @@ class LoggerBenchmark:
                 break
 
     def postgres_cpu(self):
-        """CPU seconds of every process of the cluster (its backends
-        included)."""
-        total = 0.0
+        """CPU seconds of this cluster's server and its backends (other
+        clusters on the machine left out)."""
+        postmaster = int((self.cluster.data / "postmaster.pid")
+                         .read_text().split()[0])
+        total = process_cpu(postmaster) or 0.0
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
             try:
-                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+                status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
                 continue
-            if b"postgres" in command.split(b"\0")[0]:
-                total += process_cpu(int(pid)) or 0.0
+            for line in status.splitlines():
+                if line.startswith("PPid:"):
+                    if int(line.split()[1]) == postmaster:
+                        total += process_cpu(int(pid)) or 0.0
+                    break
         return total
 
     def run_logger(self):
@@ -336,6 +341,9 @@ class LoggerBenchmark:
         out(f"piw-logger:          {rate:>10,.0f} lines/s (target 50,000)")
         out(f"one INSERT per line: {baseline:>10,.0f} lines/s")
         out(f"ratio:               {rate / baseline:>10.1f}x (target 5x)")
+        out(f"(load average at the end: "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; the machine "
+            f"has {os.cpu_count()} cores)")
 
     def close(self):
         if self.master is not None and self.master.process.poll() is None:

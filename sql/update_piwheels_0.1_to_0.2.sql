@@ -73,6 +73,11 @@ CREATE TABLE build_queue (
 );
 CREATE INDEX build_queue_order ON build_queue (abi_tag, released DESC, package, version);
 
+-- the figures come from the daily counts; no function looks hits up by
+-- name, and each index costs every insert
+DROP INDEX downloads_filename;
+DROP INDEX searches_package;
+
 ALTER TABLE downloads
     ADD COLUMN distro_id       VARCHAR(100),
     ADD COLUMN libc_name       VARCHAR(100),

@@ -1,6 +1,7 @@
 """The real ``piw-logger`` into a real master (twistd) and PostgreSQL: log
 files (gzip too) counted in the database, and a master restarted (cleanly,
-then killed) while the logger streams: every hit arrives exactly once."""
+then killed) while the logger streams: every hit arrives exactly once.  And
+the statistics page made of what was recorded."""
 
 import gzip
 import os
@@ -11,9 +12,16 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
+from datetime import timedelta
 
+import pytest
+import pytest_twisted
+
+from piwtwist.logger.classify import classify
+from piwtwist.master.hit_recorder import HitRecorder
+from piwtwist.web.statistics import SiteStatistics
 from tests.e2e import Deployment
+from tests.web_support import page_writer, published_site
 
 LOGGER = Path(sys.executable).with_name("piw-logger")
 PIP = ('pip/24.0 {"cpu":"armv7l","distro":{"name":"Raspbian GNU/Linux",'
@@ -143,3 +151,38 @@ def test_a_master_restarted_while_the_logger_streams(deployment, test_db):
         (total, total)]
     assert test_db.sql("SELECT downloads FROM download_totals") == [(total,)]
     master.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_statistics_page_shows_the_downloads(db, reactor, tmp_path):
+    """Batches from the recorder end up in stats.html: by installer, Python,
+    distribution and CPU, the top projects and the build time saved."""
+    output = tmp_path / "www"
+    _, filename = await published_site(db, output, tmp_path / "w", reactor)
+    uv = PIP.replace("pip/24.0", "uv/0.4.18").replace(
+        '"name":"pip","version":"24.0"', '"name":"uv","version":"0.4.18"')
+    now = time.time()
+    hits = [classify("GET", f"/simple/foo/{filename}", 200, agent,
+                     "192.0.2.1", now)
+            for agent in [PIP] * 3 + [uv] * 2 + ["Wget/1.21.3"]]
+    recorder = HitRecorder(db, reactor)
+    assert await recorder.store("test:1", hits) == (True, 6)
+    assert await recorder.store("test:1", hits) == (False, 6)   # once only
+    statistics = SiteStatistics(db, reactor)
+    await statistics.refresh()
+    writer = page_writer(db, output, reactor, statistics=statistics)
+    writer.startService()
+    await writer.rewrite_all()
+    await writer.wait_until_idle()
+    await writer.stopService()
+    page = (output / "stats.html").read_text()
+    for text in ("<td>pip</td><td>3</td>", "<td>uv</td><td>2</td>",
+                 "<td>other</td><td>1</td>", "<td>3.11</td><td>5</td>",
+                 "<td>Raspbian GNU/Linux 12</td><td>5</td>",
+                 "<td>armv7l</td><td>5</td>", "<td>unknown</td><td>1</td>",
+                 '<a href="/project/foo/">foo</a></td><td>6</td>',
+                 "Build time saved"):
+        assert text in page, text
+    # six downloads of a wheel whose build took 12 seconds
+    assert (await db.get_download_statistics(30))["saved"] == [
+        ("", 6, timedelta(seconds=72))]

@@ -30,6 +30,9 @@ class ChartSeries:
     builds_per_day: tuple = ()
     downloads_per_day: tuple = ()
     queue_history: tuple = ()
+    #: get_download_statistics(days): {kind: [(name, downloads,
+    #: time_saved), ...]} for the tables under the charts
+    download_tables: dict = attrs.field(factory=dict)
 
 
 @attrs.frozen

@@ -126,7 +126,9 @@ class Renderer:
 
     def stats_page(self, figures, series):
         return self._stream("stats.html", figures=figures,
-                            charts=charts.site_charts(series))
+                            charts=charts.site_charts(series),
+                            days=series.days,
+                            downloads=series.download_tables)
 
     def faq(self):
         return self._stream("faq.html")

@@ -94,7 +94,9 @@ class SiteStatistics(service.Service):
                 downloads_per_day=tuple(
                     await self.db.get_downloads_per_day(self.chart_days)),
                 queue_history=tuple(
-                    await self.db.get_queue_history(self.chart_days)))
+                    await self.db.get_queue_history(self.chart_days)),
+                download_tables=await self.db.get_download_statistics(
+                    self.chart_days))
         for listener in list(self.listeners):
             try:
                 listener(self.figures)
