@@ -24,7 +24,7 @@ def modules_after_importing(*modules):
 @pytest.mark.parametrize("module", [
     "piwtwist.builder.client", "piwtwist.builder.tap",
     "piwtwist.admin.importer", "piwtwist.wheels", "piwtwist.names",
-    "piwtwist.records",
+    "piwtwist.records", "piwtwist.logger.cli",
 ])
 def test_builders_and_admin_tools_never_import_the_database(module):
     loaded = modules_after_importing(module)
