@@ -30,7 +30,7 @@ from .parse import LineParser, parse_chunk, split_lines
 from .shipper import HitShipper, LoggerClient
 
 DEFAULT_LOG_QUEUE = "unix:/tmp/piw-logger"
-READ_SIZE = 65536
+READ_SIZE = 262144
 
 log = Logger(namespace="piw-logger")
 
