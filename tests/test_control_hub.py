@@ -73,13 +73,14 @@ class SlowReceiver(FakeReceiver):
         self.waiting = None
         self.received_bytes = {}
 
-    async def receive(self, call_remote, package, filename, size, sha256):
+    async def receive(self, call_remote, package, filename, size, sha256,
+                      publish=True):
         self.received_bytes[filename] = 0
         self.waiting = defer.Deferred()
         await self.waiting
         del self.received_bytes[filename]
         return await super().receive(call_remote, package, filename, size,
-                                     sha256)
+                                     sha256, publish=publish)
 
     def progress(self, filename):
         return self.received_bytes.get(filename)
