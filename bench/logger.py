@@ -24,7 +24,7 @@ from piwtwist.devcluster import PrivateCluster  # noqa: E402
 from piwtwist.logger.classify import (CLIENT_KEYS, DOWNLOAD, JSON,  # noqa
                                       PAGE, PROJECT, SEARCH)
 from piwtwist.logger.parse import BrokenLine, LineParser  # noqa: E402
-from piwtwist.service_user import as_user, own  # noqa: E402
+from piwtwist.service_user import own  # noqa: E402
 from tests.e2e import Service, service_user  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))

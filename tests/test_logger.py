@@ -4,7 +4,7 @@ lines, and the shipper's batches, acknowledgements, retries and --drop on
 a fake clock."""
 
 import gzip
-import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +12,7 @@ from pathlib import Path
 import cbor2
 import pytest
 from twisted.internet import defer, error, task
+from twisted.protocols import amp
 from twisted.python import usage
 
 from piwtwist.logger import cli
@@ -466,3 +467,85 @@ def test_console_script_usage_error():
                             timeout=60)
     assert result.returncode == 2
     assert result.stderr.startswith("piw-logger: --format")
+
+
+# the master's end, over real AMP boxes ------------------------------------
+
+class RecordingRecorder:
+    def __init__(self):
+        self.batches = {}
+
+    async def store(self, batch_id, hits, clients=None):
+        new = batch_id not in self.batches
+        self.batches.setdefault(batch_id, (hits, clients))
+        return new, len(hits)
+
+
+def receiver_and_shipper():
+    from twisted.test import iosim
+
+    from piwtwist.logger.shipper import LoggerClient
+    from piwtwist.master.hit_recorder import HitReceiver
+    recorder = RecordingRecorder()
+    clock = task.Clock()
+    shipper = HitShipper(clock, "s", batch_size=3000)
+    client, server, pump = iosim.connectedServerAndClient(
+        lambda: HitReceiver(recorder), lambda: LoggerClient(shipper))
+    return recorder, shipper, server, client, pump
+
+
+def test_batches_over_amp_are_put_together_and_stored_once():
+    recorder, shipper, server, client, pump = receiver_and_shipper()
+    big = [classify("GET", "/project/foo/", 200, "u" * 2000, "192.0.2.1", T)
+           for _ in range(3000)] + \
+        [classify("GET", f"/simple/foo/{WHEEL}", 200, PIP, "192.0.2.1", T)]
+    shipper.add(big)
+    pump.flush()
+    (batch_id, (hits, clients)), = recorder.batches.items()
+    assert batch_id == "s:1" and len(hits) == 3000
+    shipper.finish()
+    pump.flush()
+    assert shipper.acked_hits == 3001 and shipper.held == 0
+    assert recorder.batches["s:2"][1] == [client_details(PIP)]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(batch="b", part=1, parts=2, data=b"", dropped=0), "came first"),
+    (dict(batch="b", part=0, parts=1000, data=b"", dropped=0), "at most"),
+    (dict(batch="", part=0, parts=1, data=b"", dropped=0), "1 to 100"),
+    (dict(batch="b", part=0, parts=1, data=b"\xff\x00", dropped=0),
+     "not \\[clients, hits\\]"),
+    (dict(batch="b", part=0, parts=1, data=cbor2.dumps({"a": 1}),
+          dropped=0), "not \\[clients, hits\\]"),
+    (dict(batch="b", part=0, parts=1,
+          data=cbor2.dumps([[], [[PAGE]] * (proto.MAX_BATCH_HITS + 1)]),
+          dropped=0), "at most"),
+])
+def test_the_receiver_refuses_malformed_batches(arguments, message):
+    recorder, shipper, server, client, pump = receiver_and_shipper()
+    if len(arguments["data"]) > proto.MAX_PART:
+        with pytest.raises(amp.TooLong):
+            client.callRemote(proto.HitBatch, **arguments)
+        return
+    failures = []
+    client.callRemote(proto.HitBatch, **arguments).addErrback(
+        failures.append)
+    pump.flush()
+    assert failures and failures[0].check(proto.BatchRefused)
+    assert re.search(message, failures[0].getErrorMessage())
+    assert recorder.batches == {}
+
+
+def test_drop_with_no_master_at_all_exits_cleanly(tmp_path):
+    """The real piw-logger --drop with nobody listening: it reads
+    everything, waits --drain-timeout for a master, says what it dropped
+    and exits 0 (Apache restarts it otherwise, for nothing)."""
+    log = tmp_path / "access.log"
+    log.write_text("".join(combined("/") + "\n" for _ in range(10)))
+    script = Path(sys.executable).with_name("piw-logger")
+    result = subprocess.run(
+        [str(script), "-c", "/dev/null", "--drop", "--drain-timeout", "1",
+         "--log-queue", f"unix:{tmp_path}/nobody.sock", str(log)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "did not take the last 10 hits" in result.stderr
