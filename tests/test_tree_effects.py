@@ -398,6 +398,12 @@ async def test_an_audit_of_an_agreeing_tree_changes_nothing(
             second.damaged, second.purged, second.deletions) == (
         0, 0, [], [], 0, 0)
     assert first.wheels == second.wheels == 2
+    # foo's pages were never written (the page writer is a stand-in): an
+    # audit at start beside a full rewrite counts them and queues nothing
+    queued = list(effects.page_writer.rewrites)
+    third = await effects.audit(rewrite_pages=False)
+    assert third.pages_queued == 1 and effects.page_writer.rewrites == queued
+    assert "(left to the full rewrite)" in third.summary()
 
 
 @pytest_twisted.ensureDeferred

@@ -183,7 +183,8 @@ class MasterService(service.MultiService):
         # committed builds published and the tree audited, at start
         self.tree_effects = TreeEffects(
             self.db, output, reactor, self.receiver, self.page_writer,
-            platform_aliases=options["platform-aliases"])
+            platform_aliases=options["platform-aliases"],
+            pages_at_start=dev_mode)
         self.tree_effects.setServiceParent(self.dependents)
         self.follower = None
         if not options["no-pypi-follow"]:

@@ -69,6 +69,7 @@ class AuditReport:
     missing: list = attrs.Factory(list)
     damaged: list = attrs.Factory(list)
     hashes_checked: bool = False
+    pages_requested: bool = True
     seconds: float = 0.0
 
     def summary(self):
@@ -82,9 +83,14 @@ class AuditReport:
             f"{self.orphan_wheels} orphaned wheels and "
             f"{self.deleted_projects} deleted projects removed, "
             f"{self.dangling_links} dangling links removed, "
-            f"{self.pages_queued} projects' pages queued for rewriting; "
+            f"{self.pages_queued} projects' pages missing or stale "
+            f"({self._pages_fate()}); "
             f"{len(self.missing)} recorded files missing, "
             f"{len(self.damaged)} with other bytes")
+
+    def _pages_fate(self):
+        return ("queued for rewriting" if self.pages_requested
+                else "left to the full rewrite")
 
 
 # -- the safety checks, for everything that deletes from the tree ------------
@@ -307,7 +313,7 @@ class TreeEffects(service.Service):
                  threadpool=None, platform_aliases=None,
                  sweep_interval=DEFAULT_SWEEP_INTERVAL,
                  stale_age=DEFAULT_STALE_AGE, chunk_size=DEFAULT_CHUNK,
-                 audit_at_start=True):
+                 audit_at_start=True, pages_at_start=True):
         self.db = db
         self.output = Path(output_path)
         self.reactor = reactor
@@ -319,6 +325,9 @@ class TreeEffects(service.Service):
         self.stale_age = stale_age
         self.chunk_size = chunk_size
         self.audit_at_start = audit_at_start
+        #: whether the audit at start queues pages (not when the page
+        #: writer rewrites every page at start anyway)
+        self.pages_at_start = pages_at_start
         self._deleting = None
         self._deletions_wanted = False
         self._audit = None
@@ -336,7 +345,7 @@ class TreeEffects(service.Service):
         self._loop.clock = self.reactor
         self._loop_done = self._loop.start(self.sweep_interval, now=False)
         if self.audit_at_start:
-            self._started = self.audit()
+            self._started = self.audit(rewrite_pages=self.pages_at_start)
         else:
             self._started = self.request_deletions()
 
@@ -465,13 +474,14 @@ class TreeEffects(service.Service):
 
     # the audit ------------------------------------------------------------
 
-    def audit(self, verify_hashes=False):
+    def audit(self, verify_hashes=False, rewrite_pages=True):
         """Audit and repair the tree (one at a time: a request during an
         audit gets that audit's report); a Deferred firing with the
-        :class:`AuditReport`."""
+        :class:`AuditReport`.  Without *rewrite_pages*, projects whose
+        pages are missing or stale are counted but not queued."""
         if self._audit is None:
             self._audit = defer.Deferred.fromCoroutine(
-                self._run_audit(verify_hashes))
+                self._run_audit(verify_hashes, rewrite_pages))
             self._audit.addBoth(self._audit_done)
         return _follow(self._audit)
 
@@ -482,9 +492,10 @@ class TreeEffects(service.Service):
             return None
         return result
 
-    async def _run_audit(self, verify_hashes):
+    async def _run_audit(self, verify_hashes, rewrite_pages=True):
         started = self.reactor.seconds()
-        report = AuditReport(hashes_checked=verify_hashes)
+        report = AuditReport(hashes_checked=verify_hashes,
+                             pages_requested=rewrite_pages)
         report.deletions = await self.request_deletions()
         report.published, report.purged = await self.sweep_incoming()
         seen = set()
@@ -496,15 +507,21 @@ class TreeEffects(service.Service):
                     return report
                 fresh = [name for name in chunk if name not in seen]
                 seen.update(fresh)
-                await self._audit_chunk(fresh, verify_hashes, report)
+                await self._audit_chunk(fresh, verify_hashes, report,
+                                        rewrite_pages)
             for chunk in _chunks(links, self.chunk_size):
                 report.dangling_links += await self._in_thread(
                     _remove_dangling_links, self.output, chunk)
-        # projects the database knows with no directory at all
-        for package in await self.db.get_all_packages():
-            if package not in seen:
-                self.page_writer.request_rewrite(package)
-                report.pages_queued += 1
+        # projects the database knows with no directory at all, a chunk
+        # at a time so that the reactor turns in between
+        unseen = [p for p in await self.db.get_all_packages()
+                  if p not in seen]
+        for chunk in _chunks(unseen, self.chunk_size):
+            if rewrite_pages:
+                for package in chunk:
+                    self.page_writer.request_rewrite(package)
+            report.pages_queued += len(chunk)
+            await task.deferLater(self.reactor, 0, lambda: None)
         report.seconds = self.reactor.seconds() - started
         self.last_report = report
         self.log.info("{summary}", summary=report.summary())
@@ -516,7 +533,8 @@ class TreeEffects(service.Service):
                               name=name)
         return report
 
-    async def _audit_chunk(self, chunk, verify_hashes, report):
+    async def _audit_chunk(self, chunk, verify_hashes, report,
+                           rewrite_pages=True):
         safe = [name for name in chunk if layout.is_safe_name(name)]
         if not safe:
             return
@@ -538,7 +556,8 @@ class TreeEffects(service.Service):
         report.missing.extend(found["missing"])
         report.damaged.extend(found["damaged"])
         for package in found["rewrite"]:
-            self.page_writer.request_rewrite(package)
+            if rewrite_pages:
+                self.page_writer.request_rewrite(package)
             report.pages_queued += 1
         for package in found["gone"]:
             if await self._remove_if_gone(package):
