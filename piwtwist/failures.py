@@ -356,7 +356,8 @@ _DISK = _rx(r"No space left on device|Disk quota exceeded|File too large")
 _COMPILER_ERROR = _rx(
     r"^\s*[^\s:]+\.(?:c|cc|cpp|cxx|h|hpp|f|f90|pyx|pxd|m):\d+(?::\d+)?: "
     r"(?:fatal )?error: |"
-    r"^\s*error(?:\[E\d+\])?: (?!subprocess-exited|metadata-generation|legacy-install|failed-wheel|command|invalid command)|"
+    r"^\s*error(?:\[E\d+\])?: (?!subprocess-exited|metadata-generation|"
+    r"legacy-install|failed-wheel|command|invalid command)|"
     r"error: could not compile `|"
     r"error: command '[^']*(?:gcc|g\+\+|cc|c\+\+|clang|gfortran)' failed|"
     r"Cython\.Compiler\.Errors\.CompileError|"
@@ -439,10 +440,27 @@ def relaxing_flags(kinds):
     return tuple(f"-Wno-error={kind}" for kind in kinds)
 
 
+#: How much of a long log the rules read: its head and its tail, where
+#: pip and compilers say what went wrong (and a bound on the time taken).
+HEAD_CHARS = 32 * 1024
+TAIL_CHARS = 192 * 1024
+
+
+def _window(log):
+    if len(log) <= HEAD_CHARS + TAIL_CHARS:
+        return log
+    return log[:HEAD_CHARS] + "\n" + log[-TAIL_CHARS:]
+
+
 def classify(log, reason=""):
     """The :class:`Diagnosis` of a failed build from its *log* and the
     *reason* its builder gave."""
     log = log or ""
+    # a rescued build's log: what the retry says is what counts
+    retried = log.rfind("\n" + retry_marker(""))
+    if retried >= 0:
+        log = log[retried:]
+    log = _window(log)
     found = _from_reason(reason or _footer_reason(log))
     if found is not None:
         return found
@@ -546,3 +564,9 @@ def known_remedy(label):
         return bool(flags) and all(
             flag in relaxing_flags(GCC14_ERRORS) for flag in flags)
     return False
+
+
+def retry_marker(label):
+    """The line a builder's log shows between a failed attempt and its
+    retry with the remedy *label*."""
+    return f"# piwtwist: retrying once with {label}"

@@ -89,6 +89,12 @@ CREATE TABLE builds (
     -- the identity of the result (from the builder's token), so that a
     -- report recorded once is never recorded again; NULL before 0.2
     build_token   VARCHAR(64),
+    -- why a failed build failed (piwtwist/failures.py's vocabulary; empty
+    -- for successes and until classified), with a hint at the fix, and
+    -- the remedy a rescued build was retried with ('' when none)
+    failure_class VARCHAR(40) DEFAULT '' NOT NULL,
+    failure_hint  VARCHAR(500) DEFAULT '' NOT NULL,
+    rescued       VARCHAR(200) DEFAULT '' NOT NULL,
 
     CONSTRAINT builds_pk PRIMARY KEY (build_id),
     CONSTRAINT builds_build_token_uk UNIQUE (build_token),
@@ -875,7 +881,8 @@ CREATE FUNCTION log_build_success(
     pkg VARCHAR, ver VARCHAR, builder INTEGER, build_duration INTERVAL,
     abi VARCHAR, build_output TEXT, build_files JSONB,
     build_dependencies JSONB DEFAULT '[]', label VARCHAR DEFAULT '',
-    replace_files BOOLEAN DEFAULT false, token VARCHAR DEFAULT NULL
+    replace_files BOOLEAN DEFAULT false, token VARCHAR DEFAULT NULL,
+    build_rescued VARCHAR DEFAULT ''
 ) RETURNS INTEGER
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
 AS $plpgsql$
@@ -890,8 +897,9 @@ BEGIN
     END IF;
 
     INSERT INTO builds (package, version, built_by, builder_label, duration,
-                        status, abi_tag, build_token)
-    VALUES (pkg, ver, builder, label, build_duration, true, abi, token)
+                        status, abi_tag, build_token, rescued)
+    VALUES (pkg, ver, builder, label, build_duration, true, abi, token,
+            left(COALESCE(build_rescued, ''), 200))
     ON CONFLICT (build_token) DO NOTHING
     RETURNING build_id INTO new_id;
     IF new_id IS NULL THEN
@@ -954,7 +962,9 @@ $plpgsql$;
 CREATE FUNCTION log_build_failure(
     pkg VARCHAR, ver VARCHAR, builder INTEGER, build_duration INTERVAL,
     abi VARCHAR, build_output TEXT, failure_reason VARCHAR DEFAULT '',
-    label VARCHAR DEFAULT '', token VARCHAR DEFAULT NULL
+    label VARCHAR DEFAULT '', token VARCHAR DEFAULT NULL,
+    fail_class VARCHAR DEFAULT '', fail_hint VARCHAR DEFAULT '',
+    build_rescued VARCHAR DEFAULT ''
 ) RETURNS INTEGER
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
 AS $plpgsql$
@@ -962,9 +972,13 @@ DECLARE
     new_id INTEGER;
 BEGIN
     INSERT INTO builds (package, version, built_by, builder_label, duration,
-                        status, abi_tag, reason, build_token)
+                        status, abi_tag, reason, build_token, failure_class,
+                        failure_hint, rescued)
     VALUES (pkg, ver, builder, label, build_duration, false, abi,
-            left(COALESCE(failure_reason, ''), 500), token)
+            left(COALESCE(failure_reason, ''), 500), token,
+            left(COALESCE(fail_class, ''), 40),
+            left(COALESCE(fail_hint, ''), 500),
+            left(COALESCE(build_rescued, ''), 200))
     ON CONFLICT (build_token) DO NOTHING
     RETURNING build_id INTO new_id;
     IF new_id IS NULL THEN
@@ -1013,6 +1027,76 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
 AS $sql$
     SELECT output FROM output WHERE build_id = bid
 $sql$;
+
+-- get_unclassified_failures: up to lim failed builds without a failure
+-- class, after build after_id, with their reasons and logs, for the
+-- master's pass that classifies old failures
+CREATE FUNCTION get_unclassified_failures(after_id INTEGER, lim INTEGER)
+RETURNS TABLE (build_id INTEGER, reason VARCHAR, output TEXT)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT b.build_id, b.reason, COALESCE(o.output, '')
+    FROM builds b LEFT JOIN output o ON o.build_id = b.build_id
+    WHERE NOT b.status AND b.failure_class = '' AND b.build_id > after_id
+    ORDER BY b.build_id
+    LIMIT lim
+$sql$;
+
+-- get_failures_to_reclassify: as get_unclassified_failures, but every
+-- failed build (piw-rebuild reclassify, after the rules changed)
+CREATE FUNCTION get_failures_to_reclassify(after_id INTEGER, lim INTEGER)
+RETURNS TABLE (build_id INTEGER, reason VARCHAR, output TEXT)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT b.build_id, b.reason, COALESCE(o.output, '')
+    FROM builds b LEFT JOIN output o ON o.build_id = b.build_id
+    WHERE NOT b.status AND b.build_id > after_id
+    ORDER BY b.build_id
+    LIMIT lim
+$sql$;
+
+-- set_failure_classes: record the classes of failed builds; returns the
+-- packages whose pages show them
+CREATE FUNCTION set_failure_classes(
+    bids INTEGER[], classes VARCHAR[], hints VARCHAR[]
+) RETURNS SETOF VARCHAR
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    UPDATE builds b
+    SET failure_class = left(c.failure_class, 40),
+        failure_hint = left(c.failure_hint, 500)
+    FROM unnest(bids, classes, hints) AS c(build_id, failure_class,
+                                           failure_hint)
+    WHERE b.build_id = c.build_id AND NOT b.status
+      AND (b.failure_class, b.failure_hint) IS DISTINCT FROM
+          (c.failure_class, c.failure_hint)
+    RETURNING b.package
+$sql$;
+
+-- delete_failures_of_class: forget every failed build of a class so that
+-- its release is built again; returns the (package, version) pairs
+CREATE FUNCTION delete_failures_of_class(fail_class VARCHAR)
+RETURNS TABLE (package VARCHAR, version VARCHAR)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+DECLARE
+    release RECORD;
+BEGIN
+    FOR release IN
+        WITH gone AS (
+            DELETE FROM builds b
+            WHERE NOT b.status AND b.failure_class = fail_class
+            RETURNING b.package, b.version
+        )
+        SELECT DISTINCT g.package, g.version FROM gone g ORDER BY 1, 2
+    LOOP
+        PERFORM refresh_build_queue(release.package, release.version);
+        package := release.package;
+        version := release.version;
+        RETURN NEXT;
+    END LOOP;
+END;
+$plpgsql$;
 
 CREATE FUNCTION get_build_files(bid INTEGER)
 RETURNS TABLE (
@@ -1553,12 +1637,13 @@ $sql$;
 CREATE FUNCTION get_project_builds(pkg VARCHAR)
 RETURNS TABLE (
     build_id INTEGER, version VARCHAR, abi_tag VARCHAR, status BOOLEAN,
-    built_at TIMESTAMP WITH TIME ZONE, duration INTERVAL, reason VARCHAR
+    built_at TIMESTAMP WITH TIME ZONE, duration INTERVAL, reason VARCHAR,
+    failure_class VARCHAR, failure_hint VARCHAR, rescued VARCHAR
 )
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
 AS $sql$
     SELECT b.build_id, b.version, b.abi_tag, b.status, b.built_at,
-           b.duration, b.reason
+           b.duration, b.reason, b.failure_class, b.failure_hint, b.rescued
     FROM builds b
     WHERE b.package = pkg
     ORDER BY b.build_id

@@ -422,7 +422,8 @@ def test_a_failed_build_is_the_builders_last_failure(harness):
     state = monitor.of_type("builder")[-1]["builder"]
     assert state["last_failure"] == {"package": work["package"],
                                      "version": "1.0",
-                                     "reason": "exit status 1"}
+                                     "reason": "exit status 1",
+                                     "failure_class": "unknown"}
     facts = harness.control.master_facts()
     assert facts["builds_last_hour"]["cp311"] == 1
     assert facts["successes_last_hour"]["cp311"] == 0

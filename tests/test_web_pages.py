@@ -110,6 +110,38 @@ async def test_project_page_and_json_say_what_happened(
 
 
 @pytest_twisted.ensureDeferred
+async def test_failure_class_hint_and_rescue_on_page_and_json(
+        db, output, tmp_path, reactor):
+    pkg = "classy"
+    await add_release(db, pkg, "1.0", T0)
+    await add_release(db, pkg, "2.0", T0 + timedelta(days=1))
+    failed, _ = await log_failure(
+        db, pkg, "1.0", "cp311", reason="exit status 1",
+        failure_class="missing-header",
+        failure_hint="install libffi-dev (it provides ffi.h)")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    wheel = build_file(make_wheel(wheels, "classy", "2.0"), output, pkg)
+    rescued, _ = await log_success(db, pkg, "2.0", "cp311", [wheel],
+                                   rescued="setuptools<82")
+    writer = page_writer(db, output, reactor)
+    assert await writer.write_project(pkg)
+    data = json.loads(
+        (output / "project" / pkg / "json" / "index.json").read_text())
+    failure = data["releases"]["1.0"]["builds"]["cp311"]
+    assert failure["failure_class"] == "missing-header"
+    assert failure["failure_hint"] == "install libffi-dev (it provides ffi.h)"
+    success = data["releases"]["2.0"]["builds"]["cp311"]
+    assert "failure_class" not in success
+    assert success["rescued"] == "setuptools<82"
+    html = (output / "project" / pkg / "index.html").read_text()
+    assert '<span class="failure-class" title="a C/C++ header the build ' \
+        'includes is not installed">missing-header</span>' in html
+    assert "install libffi-dev (it provides ffi.h)" in html
+    assert "rescued with setuptools&lt;82" in html
+
+
+@pytest_twisted.ensureDeferred
 async def test_apt_lines_leave_out_what_the_abi_ships(
         db, output, tmp_path, reactor):
     await example_project(db, output, tmp_path)

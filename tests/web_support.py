@@ -97,22 +97,22 @@ async def add_release(db, package, version, released=T0, skip="",
 
 
 async def log_success(db, package, version, abi, files, dependencies=None,
-                      output="pip wheel ...\nbuilt\n"):
+                      output="pip wheel ...\nbuilt\n", **changes):
     """Record a successful build of *files* (BuildFile values)."""
     build = BuildResult(
         package=package, version=version, abi_tag=abi, built_by=1,
         duration=timedelta(seconds=12), status=True, output=output,
         files=tuple(files), dependencies=dependencies or {},
-        builder_label="test-builder")
+        builder_label="test-builder", **changes)
     return await db.log_build(build), build
 
 
 async def log_failure(db, package, version, abi, reason="it broke",
-                      output="pip wheel ...\nerror: it broke\n"):
+                      output="pip wheel ...\nerror: it broke\n", **changes):
     build = BuildResult(
         package=package, version=version, abi_tag=abi, built_by=1,
         duration=timedelta(seconds=3), status=False, output=output,
-        reason=reason, builder_label="test-builder")
+        reason=reason, builder_label="test-builder", **changes)
     return await db.log_build(build), build
 
 

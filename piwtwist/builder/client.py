@@ -26,7 +26,8 @@ from ..protocol import builder as proto
 from ..transfer.sender import FileSender, FileSenderResponders
 from ..wheels import WheelError, inspect_wheel
 from . import machine
-from .sandbox import FIND_BWRAP, could_not_start, start_build
+from .. import failures
+from .sandbox import FIND_BWRAP, could_not_start, run_build_with_rescue
 
 
 @attrs.define
@@ -293,19 +294,26 @@ class BuilderService(service.MultiService):
         pinger.start(self.ping_interval, now=False)
         try:
             try:
-                job.running = start_build(
+                outcome = await run_build_with_rescue(
                     self.reactor, job.package, job.version, job.index_url,
                     self.build_dir, timeout=self.build_timeout,
                     memory_limit=self.memory_limit,
                     extra_index_urls=job.extra_index_urls,
-                    limits=self.limits, hidden=self.hidden, bwrap=self.bwrap)
+                    limits=self.limits, hidden=self.hidden, bwrap=self.bwrap,
+                    on_start=lambda build: setattr(job, "running", build),
+                    may_retry=lambda: self.job is job and not (
+                        job.stopped_by_master or self._stopping))
             except Exception as e:
                 self.log.warn("could not start building {package} "
                               "{version}: {error}", package=job.package,
                               version=job.version, error=e)
                 outcome = could_not_start(job.package, job.version, e)
-            else:
-                outcome = await job.running.wait()
+            if outcome.remedy:
+                self.log.info("retried {package} {version} with {remedy}: "
+                              "{result}", package=job.package,
+                              version=job.version, remedy=outcome.remedy,
+                              result="rescued" if outcome.status
+                              else "failed again")
             await self._inspect(job, outcome)
         except Exception as e:
             self.log.failure("building {package} {version} failed",
@@ -330,6 +338,11 @@ class BuilderService(service.MultiService):
         job.wheels = facts if outcome.status else []
         if job.stopped_by_master and not outcome.status:
             outcome = attrs.evolve(outcome, reason="stopped by the master")
+        if not outcome.status and not outcome.failure_class:
+            diagnosis = await threads.deferToThread(
+                failures.classify, outcome.output, outcome.reason)
+            outcome = attrs.evolve(outcome,
+                                   failure_class=diagnosis.failure_class)
         job.outcome = outcome
 
     def _ping(self):
@@ -400,7 +413,10 @@ class BuilderService(service.MultiService):
             duration=outcome.duration.total_seconds(),
             reason=outcome.reason or "", log_size=len(log),
             log_sha256=hashlib.sha256(log).hexdigest(), files=files,
-            build_token=job.token)
+            build_token=job.token,
+            failure_class=None if outcome.status else outcome.failure_class,
+            rescued=outcome.remedy if outcome.status and outcome.remedy
+            else None)
         if reply["action"] == proto.SEND:
             await defer.DeferredList([self._done, connection.lost],
                                      fireOnOneCallback=True,

@@ -39,7 +39,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from .. import names
+from .. import failures, names
 
 log = Logger()
 
@@ -88,6 +88,10 @@ class BuildOutcome:
     reason: str = ""
     wheels: tuple = ()
     output_dir: Path | None = None
+    #: a failure's class, as this builder sees it (piwtwist.failures)
+    failure_class: str = ""
+    #: the remedy a failed first attempt was retried with
+    remedy: str = ""
 
 
 def format_duration(seconds):
@@ -360,6 +364,25 @@ def build_environment(home, tmp, path=None):
     }
 
 
+def remedy_environment(remedy, sandbox, inside_build):
+    """What a :class:`~piwtwist.failures.Remedy` adds to a build's
+    environment; its constraints go into a file in *sandbox* (the build's
+    directory, *inside_build* as the build sees it)."""
+    environment = {}
+    if remedy.constraints:
+        (Path(sandbox) / "constraints.txt").write_text(
+            "".join(f"{line}\n" for line in remedy.constraints))
+        inside = f"{inside_build}/constraints.txt"
+        # pip before 26.2 applies constraints to the build environment's
+        # own pip through the environment it inherits; 25.3 and later
+        # take build constraints, and from 26.2 only those
+        environment["PIP_CONSTRAINT"] = inside
+        environment["PIP_BUILD_CONSTRAINT"] = inside
+    if remedy.cflags:
+        environment["CFLAGS"] = " ".join(remedy.cflags)
+    return environment
+
+
 def _tool(name, path):
     found = shutil.which(name, path=path)
     if found is None:
@@ -372,7 +395,7 @@ def _tool(name, path):
 def start_build(reactor, package, version, index_url, build_dir, timeout,
                 memory_limit=None, extra_index_urls=(), python=sys.executable,
                 *, bwrap=FIND_BWRAP, kill_grace=KILL_GRACE, verbose=True,
-                path=None, limits=None, hidden=()):
+                path=None, limits=None, hidden=(), remedy=None):
     """Start building *package* *version* and return its
     :class:`RunningBuild`.
 
@@ -383,7 +406,10 @@ def start_build(reactor, package, version, index_url, build_dir, timeout,
     :class:`SandboxUnavailable` when it is missing), or None to run
     without a sandbox; *hidden* are paths the build must not see (the
     builder's secret, configuration and HOME); *path* is the build's PATH
-    (default: the builder's own).
+    (default: the builder's own); *remedy* (a
+    :class:`piwtwist.failures.Remedy`) adds build constraints for pip's
+    isolated build environment (a file in the build's own directory) or
+    compiler flags.
     """
     if isinstance(timeout, timedelta):
         timeout = timeout.total_seconds()
@@ -441,11 +467,15 @@ def start_build(reactor, package, version, index_url, build_dir, timeout,
             f"{format_size(limits.disk) if limits.disk else 'none'}; "
             f"sandbox {sandbox_text}"
             f"\n$ {shlex.join(command)}\n")
+        environment = build_environment(home_inside, inside_tmp, path)
+        if remedy is not None:
+            header += f"# piwtwist: with {remedy.label}\n"
+            inside_build = INSIDE_BUILD if bwrap else str(sandbox)
+            environment.update(remedy_environment(remedy, sandbox,
+                                                  inside_build))
         build = RunningBuild(reactor, sandbox, output_dir, header, limits,
                              bool(bwrap), kill_grace)
-        build.start(command,
-                    build_environment(home_inside, inside_tmp, path), home,
-                    timeout)
+        build.start(command, environment, home, timeout)
     except BaseException:
         for directory in (sandbox, output_dir):
             if directory is not None:
@@ -476,6 +506,72 @@ async def run_build(reactor, package, version, index_url, build_dir, timeout,
                         timeout, memory_limit, extra_index_urls, python,
                         **options)
     return await build.wait()
+
+
+#: Of a first attempt's log, what a rescued build's log keeps (its head and
+#: tail) when it is longer: the two attempts stay well under what the
+#: master accepts.
+FIRST_ATTEMPT_KEEP = (64 * 1024, 448 * 1024)
+
+
+async def run_build_with_rescue(reactor, package, version, index_url,
+                                build_dir, timeout, *, on_start=None,
+                                may_retry=lambda: True, **options):
+    """Build like :func:`run_build`; when the build fails in a way a known,
+    safe remedy fixes (:func:`piwtwist.failures.remedy_for`), build once
+    more with it.  The outcome's log shows both attempts; its
+    ``failure_class`` is set on failure, and its ``remedy`` when the second
+    attempt ran.  *on_start* is called with each :class:`RunningBuild` (so
+    that the caller can stop the current one), *may_retry* is asked before
+    retrying (a build stopped on purpose is not retried)."""
+
+    def start(remedy=None):
+        build = start_build(reactor, package, version, index_url, build_dir,
+                            timeout, remedy=remedy, **options)
+        if on_start is not None:
+            on_start(build)
+        return build
+
+    first = await start().wait()
+    if first.status:
+        return first
+    diagnosis = await _in_thread(reactor, failures.classify, first.output,
+                                 first.reason)
+    first = attrs.evolve(first, failure_class=diagnosis.failure_class)
+    # only a build that ended on its own (not a timeout, a limit or a stop)
+    remedy = failures.remedy_for(diagnosis, first.output) \
+        if first.reason.startswith("exit status") else None
+    if remedy is None or not may_retry():
+        return first
+    second = await start(remedy).wait()
+    output = (_shortened(first.output) + failures.retry_marker(remedy.label)
+              + f" (the first attempt failed: {diagnosis.failure_class})\n"
+              + second.output)
+    outcome = attrs.evolve(second, output=output,
+                           duration=first.duration + second.duration,
+                           remedy=remedy.label)
+    if not outcome.status:
+        diagnosis = await _in_thread(reactor, failures.classify,
+                                     second.output, second.reason)
+        outcome = attrs.evolve(outcome,
+                               failure_class=diagnosis.failure_class)
+    return outcome
+
+
+def _shortened(output):
+    head, tail = FIRST_ATTEMPT_KEEP
+    if len(output) <= head + tail:
+        return output
+    return (output[:head] + f"\n# piwtwist: {len(output) - head - tail} "
+            f"characters of the first attempt's log left out here\n"
+            + output[-tail:])
+
+
+def _in_thread(reactor, function, *args):
+    get_pool = getattr(reactor, "getThreadPool", None)
+    if get_pool is None:
+        return succeed(function(*args))
+    return deferToThreadPool(reactor, get_pool(), function, *args)
 
 
 class RunningBuild:

@@ -321,16 +321,46 @@ class Database:
             ]
             return await db._scalar(
                 "SELECT log_build_success(%s, %s, %s, %s, %s, %s, "
-                "%s::JSONB, %s::JSONB, %s, %s, %s)",
+                "%s::JSONB, %s::JSONB, %s, %s, %s, %s)",
                 (build.package, build.version, build.built_by,
                  build.duration, build.abi_tag, sanitize(build.output),
                  json.dumps(files), json.dumps(dependencies),
-                 build.builder_label, bool(replace_files), build.token))
+                 build.builder_label, bool(replace_files), build.token,
+                 build.rescued))
         return await db._scalar(
-            "SELECT log_build_failure(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "SELECT log_build_failure(%s, %s, %s, %s, %s, %s, %s, %s, %s, "
+            "%s, %s, %s)",
             (build.package, build.version, build.built_by, build.duration,
              build.abi_tag, sanitize(build.output), build.reason,
-             build.builder_label, build.token))
+             build.builder_label, build.token, build.failure_class,
+             sanitize(build.failure_hint), build.rescued))
+
+    @retry_safe
+    async def get_unclassified_failures(self, after_id, limit, every=False):
+        """Up to *limit* failed builds after *after_id* without a failure
+        class (or, *every*, all of them): ``(build_id, reason, output)``
+        rows, oldest first."""
+        function = "get_failures_to_reclassify" if every else \
+            "get_unclassified_failures"
+        return await self._rows(f"SELECT * FROM {function}(%s, %s)",
+                                (after_id, limit))
+
+    async def set_failure_classes(self, classes):
+        """Record ``(build_id, failure_class, hint)`` triples; returns the
+        packages whose builds changed."""
+        classes = list(classes)
+        return await self._column(
+            "SELECT DISTINCT * FROM set_failure_classes(%s::INTEGER[], "
+            "%s::VARCHAR[], %s::VARCHAR[])",
+            ([c[0] for c in classes], [c[1] for c in classes],
+             [sanitize(c[2]) for c in classes]))
+
+    async def delete_failures_of_class(self, failure_class):
+        """Forget every failed build of *failure_class*, so that each is
+        built again; returns the ``(package, version)`` pairs."""
+        rows = await self._rows(
+            "SELECT * FROM delete_failures_of_class(%s)", (failure_class,))
+        return [(row.package, row.version) for row in rows]
 
     async def delete_build(self, package, version):
         """Forget a release's builds; returns the names of the files."""

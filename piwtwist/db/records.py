@@ -57,6 +57,11 @@ class BuildResult:
     #: who reported it (a builder's token for this build): recorded once
     #: however often it is reported or its commit retried
     token: str | None = None
+    #: why it failed (:mod:`piwtwist.failures`), and the hint at a fix
+    failure_class: str = ""
+    failure_hint: str = ""
+    #: the remedy that rescued it (a success whose first attempt failed)
+    rescued: str = ""
 
 
 @attrs.frozen
@@ -109,6 +114,9 @@ class ProjectBuild:
     built_at: datetime
     duration: timedelta
     reason: str
+    failure_class: str = ""
+    failure_hint: str = ""
+    rescued: str = ""
 
 
 @attrs.frozen

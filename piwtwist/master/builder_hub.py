@@ -26,12 +26,12 @@ from pathlib import Path
 import attrs
 import psycopg2
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from .. import __version__
+from .. import __version__, failures
 from ..db.pool import DatabaseUnavailable
 from ..db.records import BuildResult, QueueEntry
 from ..protocol import builder as proto
@@ -319,7 +319,8 @@ class BuilderConnection(amp.AMP):
 
     @proto.Built.responder
     def built(self, package, version, status, duration, reason, log_size,
-              log_sha256, files, build_token=None):
+              log_sha256, files, build_token=None, failure_class=None,
+              rescued=None):
         self._require_authentication()
         self._seen()
         entry = self.info.entry
@@ -340,7 +341,9 @@ class BuilderConnection(amp.AMP):
         # the ticket stands for a builder that sends no token of its own
         token = build_identity(entry, build_token or self.ticket)
         action = self.hub.built(self, entry, status, duration, reason,
-                                output, files, token=token)
+                                output, files, token=token,
+                                claimed_class=failure_class or "",
+                                rescued=rescued or "")
         self.hub.changed(self)
         return {"action": action}
 
@@ -582,7 +585,7 @@ class BuilderHub(service.Service):
         return proto.CONTINUE
 
     def built(self, connection, entry, status, duration, reason, output,
-              files, token=None):
+              files, token=None, claimed_class="", rescued=""):
         state = connection.info
         if not status and (state.skip_requested or state.kill_now
                            or not self.queue.is_wanted(entry)):
@@ -606,7 +609,7 @@ class BuilderHub(service.Service):
         self._recording[key] = Recording(connection=connection, token=token)
         d = defer.Deferred.fromCoroutine(self._record(
             connection, entry, status, duration, reason, output, files,
-            token))
+            token, claimed_class, rescued))
         d.addBoth(self._recorded, key)
         if not status:
             # the builder is done with it; the recording owns it now
@@ -630,14 +633,16 @@ class BuilderHub(service.Service):
         return connection if recording is None else recording.connection
 
     async def _record(self, connection, entry, status, duration, reason,
-                      output, files, token=None):
+                      output, files, token=None, claimed_class="",
+                      rescued=""):
         state = connection.info
         build = BuildResult(
             package=entry.package, version=entry.version,
             abi_tag=entry.abi_tag, built_by=state.builder_id,
             builder_label=state.label,
             duration=timedelta(seconds=max(duration, 0.0)),
-            status=status, output=output, reason=reason, token=token)
+            status=status, output=output, reason=reason, token=token,
+            rescued=self._rescue_shown(rescued, output) if status else "")
         try:
             if status:
                 build = await self._fetch_files(
@@ -645,6 +650,8 @@ class BuilderHub(service.Service):
                 if state.entry == entry:
                     state.status = "recording"
                     self.changed(connection)
+            if not build.status and not build.failure_class:
+                build = await self._classified(build, claimed_class)
             try:
                 await self.db.log_build(build)
             except psycopg2.errors.UniqueViolation as e:
@@ -742,10 +749,42 @@ class BuilderHub(service.Service):
 
     @staticmethod
     def _failed(build, reason, **changes):
+        # what the master found wrong with the wheels fits no class of the
+        # build's own doing
         return attrs.evolve(
             build, status=False, reason=reason,
             output=build.output + f"\n\npiwtwist master: {reason}\n",
-            **changes)
+            failure_class="unknown", failure_hint=reason, **changes)
+
+    async def _classified(self, build, claimed_class=""):
+        """*build* with the failure class of its own log and reason: the
+        master's classification, never the builder's (which only serves
+        as a check, logged when the two differ).  The rules read up to a
+        few hundred KiB, so they run in a thread where there is one."""
+        get_pool = getattr(self.clock, "getThreadPool", None)
+        if get_pool is None:
+            diagnosis = failures.classify(build.output, build.reason)
+        else:
+            diagnosis = await threads.deferToThreadPool(
+                self.clock, get_pool(), failures.classify, build.output,
+                build.reason)
+        if claimed_class and claimed_class != diagnosis.failure_class:
+            self.log.info("builder {id} called the failure of {package} "
+                          "{version} {claimed}; its log says {found}",
+                          id=build.built_by, package=build.package,
+                          version=build.version, claimed=claimed_class,
+                          found=diagnosis.failure_class)
+        return attrs.evolve(build, failure_class=diagnosis.failure_class,
+                            failure_hint=diagnosis.hint)
+
+    @staticmethod
+    def _rescue_shown(rescued, output):
+        """The remedy a builder says it rescued the build with, provided
+        it is one builders may apply and the log shows the retry."""
+        if rescued and failures.known_remedy(rescued) and \
+                failures.retry_marker(rescued) in output:
+            return rescued
+        return ""
 
     async def _fetch_files(self, connection, entry, build, files):
         """Fetch and verify every wheel into the incoming directory, where

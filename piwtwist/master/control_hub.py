@@ -435,7 +435,8 @@ class ControlHub(service.Service):
                 self.builder_hub.connections:
             self._last_failures[build.built_by] = {
                 "package": build.package, "version": build.version,
-                "reason": build.reason}
+                "reason": build.reason,
+                "failure_class": getattr(build, "failure_class", "")}
             self.builder_changed(
                 self.builder_hub.connections[build.built_by].info)
 

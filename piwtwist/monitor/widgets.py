@@ -239,7 +239,9 @@ def detail_lines(model, row):
                           stats.get("cpu_temperature")),
             "Last failure: " + (
                 f"{failure.get('package')} {failure.get('version')}: "
-                f"{failure.get('reason')}" if failure else "none"),
+                + (f"[{failure['failure_class']}] "
+                   if failure.get("failure_class") else "")
+                + f"{failure.get('reason')}" if failure else "none"),
         ]
     alerts = model.alerts(row)
     if alerts:

@@ -21,8 +21,9 @@ Builder -> master:
 ``BuildLog``      one piece of the build log (logs are larger than an AMP
                   value may be), sent before ``Built``.
 ``Built``         the outcome: status, duration, the log's size and hash,
-                  every wheel's facts and a token the builder made up for
-                  this build (the same however often it is reported, so the
+                  every wheel's facts, a failure's class, the remedy a
+                  rescued build was retried with, and a token the builder
+                  made up for this build (the same however often it is reported, so the
                   master records it once); answered by ``send`` (the master
                   will fetch the files, then say ``Done``) or ``done``
                   (nothing to fetch).  Reported again on a new connection
@@ -228,6 +229,11 @@ class Built(amp.Command):
         (b"files", amp.AmpList(WHEEL_FACTS)),
         # the identity of this result: a random token per build
         (b"build_token", amp.Unicode(optional=True)),
+        # a failure's class as the builder sees it (the master classifies
+        # the log itself and uses this only as a check), and the remedy a
+        # rescued build was retried with (piwtwist.failures)
+        (b"failure_class", amp.Unicode(optional=True)),
+        (b"rescued", amp.Unicode(optional=True)),
     ]
     response = [(b"action", amp.Unicode())]
     errors = dict(_ERRORS)

@@ -72,8 +72,8 @@ after its build), ``kill_now`` (its build is stopped too),
 ``package``, ``package_version`` (the current task, or None),
 ``task_started`` (time), ``sending`` (``{"filename", "size",
 "received"}`` while a wheel moves, else None), ``last_failure``
-(``{"package", "version", "reason"}`` of its latest failed build, or
-None), ``stats`` (the latest machine stats: ``timestamp``,
+(``{"package", "version", "reason", "failure_class"}`` of its latest
+failed build, or None), ``stats`` (the latest machine stats: ``timestamp``,
 ``disk_total``, ``disk_free``, ``mem_total``, ``mem_free``,
 ``swap_total``, ``swap_free``, ``load_average``, ``cpu_temperature``;
 None until the builder first reports).

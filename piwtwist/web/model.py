@@ -12,6 +12,7 @@ import attrs
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
+from ..failures import CLASSES
 from .layout import log_relative_path
 
 SUCCESS, FAILURE, PENDING, SKIPPED, YANKED = (
@@ -53,6 +54,16 @@ class Cell:
     status: str
     build_id: int | None = None
     reason: str = ""
+    #: a failure's class (piwtwist.failures) and the hint at its fix
+    failure_class: str = ""
+    failure_hint: str = ""
+    #: the remedy a rescued build was retried with
+    rescued: str = ""
+
+    @property
+    def explanation(self):
+        """What the failure class means, in a line."""
+        return CLASSES.get(self.failure_class, "")
 
     @property
     def log_url(self):
@@ -149,8 +160,14 @@ def _cell(abi, release, builds, files_by_build, skip_reasons, package_skip):
     own = [b for b in builds if b.abi_tag == abi]
     if own:
         latest = own[-1]
-        return Cell(SUCCESS if latest.status else FAILURE, latest.build_id,
-                    "" if latest.status else latest.reason)
+        if latest.status:
+            return Cell(SUCCESS, latest.build_id,
+                        rescued=getattr(latest, "rescued", ""))
+        return Cell(FAILURE, latest.build_id, latest.reason,
+                    failure_class=getattr(latest, "failure_class", "")
+                    or "unknown",
+                    failure_hint=getattr(latest, "failure_hint", ""),
+                    rescued=getattr(latest, "rescued", ""))
     for build in builds:
         files = files_by_build.get(build.build_id, ())
         if build.status and any(covers(f.filename, f.abi_tag, abi)

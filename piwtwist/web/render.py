@@ -174,6 +174,19 @@ def _version_key(version):
         return (1, None, version)
 
 
+def _build_json(cell):
+    """One cell of the project JSON: a failure says its class and hint, a
+    rescued build its remedy."""
+    facts = {"status": cell.status, "build_id": cell.build_id,
+             "log_url": cell.log_url, "reason": cell.reason}
+    if cell.status == "failure":
+        facts["failure_class"] = cell.failure_class
+        facts["failure_hint"] = cell.failure_hint
+    if cell.rescued:
+        facts["rescued"] = cell.rescued
+    return facts
+
+
 def project_json(project):
     """``project/<package>/json/index.json``: the project page's facts."""
     releases = {}
@@ -186,9 +199,7 @@ def project_json(project):
             "skip_reason": release.skip,
             "requires_python": release.requires_python,
             "builds": {
-                abi: {"status": cell.status, "build_id": cell.build_id,
-                      "log_url": cell.log_url, "reason": cell.reason}
-                for abi, cell in release.cells.items()
+                abi: _build_json(cell) for abi, cell in release.cells.items()
             },
             "files": {
                 f.filename: {
