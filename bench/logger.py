@@ -142,7 +142,16 @@ class LoggerBenchmark:
 
     def prepare(self):
         a = self.args
-        self.cluster.start()
+        if a.no_durability:
+            self.cluster.start()    # the test suite's: no fsync at all
+        else:
+            # what a production server does: every commit reaches the disk
+            self.cluster.start(fsync="on", synchronous_commit="on",
+                               full_page_writes="on")
+        out("PostgreSQL: " + ("fsync, synchronous_commit and "
+                              "full_page_writes off" if a.no_durability
+                              else "fsync, synchronous_commit and "
+                              "full_page_writes on (the defaults)"))
         self.cluster.psql(f"CREATE ROLE {MASTER_ROLE} LOGIN")
         self.cluster.psql(f"CREATE DATABASE {DBNAME}")
         conn = psycopg2.connect(self.cluster.dsn(DBNAME))
@@ -242,7 +251,9 @@ class LoggerBenchmark:
         cpu_before = os.times()
         result = subprocess.run(
             [str(BIN / "piw-logger"), "-c", os.devnull, "-q",
-             "--log-queue", f"unix:{self.socket}", str(self.log)],
+             "--log-queue", f"unix:{self.socket}",
+             *(["--batch-size", str(self.args.batch_size)]
+               if self.args.batch_size else []), str(self.log)],
             stderr=subprocess.PIPE, text=True)
         elapsed = time.perf_counter() - started
         cpu_after = os.times()
@@ -362,6 +373,12 @@ def main(argv=None):
     parser.add_argument("--baseline-lines", type=int, default=50_000,
                         help="lines for the one-INSERT-per-line run")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="piw-logger's --batch-size (its default "
+                        "otherwise)")
+    parser.add_argument("--no-durability", action="store_true",
+                        help="run PostgreSQL as the tests do: fsync, "
+                        "synchronous_commit and full_page_writes off")
     args = parser.parse_args(argv)
     bench = LoggerBenchmark(args)
     try:

@@ -323,6 +323,23 @@ def test_batches_by_size_and_by_time():
     assert not clock.getDelayedCalls()
 
 
+def test_a_batch_too_large_for_the_master_is_split():
+    clock = task.Clock()
+    shipper = HitShipper(clock, "s", batch_size=10000)
+    master = FakeMaster()
+    shipper.connected(master)
+    # 10,000 hits with 2,000-character agents: about 20 MB, too many parts
+    shipper.add([[PAGE, T + n, "192.0.2.1", "index.html", "u" * 2000, False]
+                 for n in range(10000)])
+    received = []
+    while master.calls:
+        assert max(a["parts"] for a, _ in master.calls) <= proto.MAX_PARTS
+        received += master.answer()
+    assert len(received) > 1
+    assert [h[1] for _, batch, _ in received for h in batch] == \
+        [T + n for n in range(10000)]
+
+
 def test_large_batches_are_cut_under_the_amp_limit():
     clock = task.Clock()
     shipper = HitShipper(clock, "s", batch_size=2000)

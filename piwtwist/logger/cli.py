@@ -49,7 +49,9 @@ class Options(ToolOptions):
          "LogFormat string (nginx's combined is Apache's)."],
         ["log-queue", None, DEFAULT_LOG_QUEUE,
          "The master's piw-logger socket (an endpoint description)."],
-        ["batch-size", None, 2000, "Hits per batch.", int],
+        ["batch-size", None, 5000,
+         "Hits per batch (each batch is one transaction in the master).",
+         int],
         ["buffer", None, 200000,
          "The most hits held while the master is away: beyond it the "
          "reader waits, or with --drop the oldest are dropped.", int],
@@ -71,8 +73,8 @@ class Options(ToolOptions):
             self["parser"] = LineParser(self["format"])
         except ValueError as e:
             raise usage.UsageError(f"--format: {e}")
-        if self["batch-size"] < 1 or self["batch-size"] > 20000:
-            raise usage.UsageError("--batch-size must be 1 to 20000")
+        if self["batch-size"] < 1 or self["batch-size"] > 10000:
+            raise usage.UsageError("--batch-size must be 1 to 10000")
         if self["buffer"] < self["batch-size"]:
             raise usage.UsageError("--buffer must be at least --batch-size")
         for name in self["files"]:

@@ -54,7 +54,7 @@ class LoggerClient(amp.AMP):
 class HitShipper:
     log = Logger()
 
-    def __init__(self, clock, session, batch_size=2000, flush_delay=1.0,
+    def __init__(self, clock, session, batch_size=5000, flush_delay=1.0,
                  window=4, drop=False, max_buffered=200000,
                  retry_delay=2.0, warning_interval=60.0):
         self.clock = clock
@@ -136,10 +136,20 @@ class HitShipper:
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
+        self._make_batches(hits)
+
+    def _make_batches(self, hits):
+        """Queue *hits* as one batch, or as several when one would have
+        more parts than the master takes (long User-Agents)."""
+        parts = proto.split_parts(proto.encode_batch(hits))
+        if len(parts) > proto.MAX_PARTS and len(hits) > 1:
+            half = len(hits) // 2
+            self._make_batches(hits[:half])
+            self._make_batches(hits[half:])
+            return
         self.seq += 1
-        self.unsent.append(Batch(
-            f"{self.session}:{self.seq}", self.seq, hits,
-            proto.split_parts(proto.encode_batch(hits))))
+        self.unsent.append(Batch(f"{self.session}:{self.seq}", self.seq,
+                                 hits, parts))
 
     def _drop_oldest(self):
         excess = self.held - self.max_buffered
