@@ -1,7 +1,9 @@
 """``piw-rebuild home|search|project|index [PACKAGE]``: have the master
 rewrite pages of its output tree (cooperatively, while it keeps serving).
 ``piw-rebuild audit``: have it compare the whole tree with the database,
-hashes included, repair what it can and say what it found."""
+hashes included, repair what it can and say what it found.
+``piw-rebuild reclassify``: have it classify every failed build again from
+its stored log (after the rules in piwtwist.failures changed)."""
 
 import sys
 
@@ -16,19 +18,20 @@ class Options(AdminOptions):
 
     config_section = "rebuild"
     synopsis = ("Usage: piw-rebuild [options] home|search|project|index "
-                "[PACKAGE] | audit")
+                "[PACKAGE] | audit | reclassify")
     longdesc = ("Rewrite the home page, the search index, or one or every "
                 "package's project page (project) or index and project "
                 "pages (index); or audit the output tree against the "
                 "database (audit): orphaned files and deleted projects are "
                 "removed, missing pages rewritten, missing or damaged "
-                "wheels reported.")
+                "wheels reported; or classify every failed build again "
+                "from its log (reclassify).")
 
     def parseArgs(self, part, package=None):
         if part not in proto.REBUILD_PARTS:
             raise usage.UsageError(
                 f"{part!r} is not one of {', '.join(proto.REBUILD_PARTS)}")
-        if package and part in ("home", "search", "audit"):
+        if package and part in ("home", "search", "audit", "reclassify"):
             raise usage.UsageError(f"{part} takes no PACKAGE")
         self["part"], self["package"] = part, package
 

@@ -1,11 +1,14 @@
 """``piw-remove PACKAGE [VERSION]``: forget a package or release (its
 files and pages go at once), only its builds (so it is built again), or
-skip or yank it instead."""
+skip or yank it instead.  ``piw-remove -b --class CLASS``: remove every
+failed build of a failure class (say ``missing-header`` once the builders
+have the headers), so that each is built again."""
 
 import sys
 
 from twisted.python import usage
 
+from .. import failures
 from ..protocol import admin as proto
 from .client import AdminOptions, call_master, run_admin_tool
 
@@ -14,7 +17,8 @@ class Options(AdminOptions):
     """piw-remove [options] PACKAGE [VERSION]"""
 
     config_section = "remove"
-    synopsis = "Usage: piw-remove [options] PACKAGE [VERSION]"
+    synopsis = ("Usage: piw-remove [options] PACKAGE [VERSION] | "
+                "-b --class CLASS")
     longdesc = ("Remove a package or version from the database and the "
                 "output tree.")
     optFlags = [
@@ -25,12 +29,29 @@ class Options(AdminOptions):
     optParameters = [
         ["skip", "s", None,
          "Remove the builds and skip building it again, for REASON."],
+        ["class", None, None,
+         "With --builds and no PACKAGE: remove every failed build of this "
+         "failure class (missing-header, network, timeout, ...), so that "
+         "each is built again."],
     ]
 
-    def parseArgs(self, package, version=None):
+    def parseArgs(self, package=None, version=None):
         self["package"], self["version"] = package, version
 
     def postOptions(self):
+        if self["class"] is not None:
+            if self["class"] not in failures.CLASSES:
+                raise usage.UsageError(
+                    f"{self['class']!r} is not a failure class; they are "
+                    f"{', '.join(failures.CLASSES)}")
+            if not self["builds"] or self["package"] or self["yank"] or \
+                    self["skip"] is not None:
+                raise usage.UsageError(
+                    "--class goes with --builds (-b) and no PACKAGE, "
+                    "--skip or --yank")
+            return
+        if not self["package"]:
+            raise usage.UsageError("give a PACKAGE (or -b --class CLASS)")
         if self["yank"] and not self["version"]:
             raise usage.UsageError("--yank needs a VERSION")
         if self["yank"] and (self["builds"] or self["skip"] is not None):
@@ -40,7 +61,10 @@ class Options(AdminOptions):
 
 def prepare(options, say):
     target = " ".join(filter(None, (options["package"], options["version"])))
-    if options["yank"]:
+    if options["class"] is not None:
+        question = (f"Remove every failed build of class {options['class']} "
+                    f"so that each is built again?")
+    elif options["yank"]:
         question = f"Mark {target} as yanked?"
     elif options["skip"] is not None:
         question = (f"Remove the builds of {target} and skip it "
@@ -55,6 +79,8 @@ def prepare(options, say):
                      yank=bool(options["yank"]))
     if options["skip"] is not None:
         arguments["skip"] = options["skip"]
+    if options["class"] is not None:
+        arguments.update(package="", failure_class=options["class"])
 
     async def request(reactor):
         answer = await call_master(reactor, options, proto.RemovePackage,

@@ -16,10 +16,11 @@ from packaging.utils import canonicalize_version
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from .. import names
+from .. import failures, names
 from ..db.pool import DatabaseUnavailable
 from ..db.records import BuildResult
 from ..protocol import admin as proto
@@ -118,8 +119,11 @@ class AdminHub(service.Service):
 
     def __init__(self, db, queue, receiver, page_writer, clock, output_path,
                  *, json_url="https://pypi.org/pypi", platform_aliases=None,
-                 build_listeners=None, json_api=None, tree_effects=None):
+                 build_listeners=None, json_api=None, tree_effects=None,
+                 reclassifier=None):
         self.db = db
+        #: classifies stored failures again (piw-rebuild reclassify)
+        self.reclassifier = reclassifier
         #: carries out what deletions take from the output tree, and audits
         #: it (:class:`~piwtwist.master.tree_effects.TreeEffects`)
         self.tree_effects = tree_effects
@@ -423,7 +427,10 @@ class AdminHub(service.Service):
     # piw-remove --------------------------------------------------------------
 
     async def remove_package(self, package, version, builds, yank,
-                             skip=None):
+                             skip=None, failure_class=None):
+        if failure_class is not None:
+            return await self._remove_failures_of_class(
+                failure_class, package, version, builds, yank, skip)
         package = await self._known_package(package)
         if version:
             version = await self._known_version(package, version)
@@ -468,6 +475,26 @@ class AdminHub(service.Service):
         await self._tree_follows(package)
         return {"message": f"removed {package} ({len(filenames)} file(s))"}
 
+    async def _remove_failures_of_class(self, failure_class, package,
+                                        version, builds, yank, skip):
+        """piw-remove -b --class: every failed build of *failure_class* goes
+        (in one transaction), so that each release is built again."""
+        if failure_class not in failures.CLASSES:
+            _refuse(f"{failure_class!r} is not a failure class (one of "
+                    f"{', '.join(failures.CLASSES)})")
+        if package or version or yank or skip is not None or not builds:
+            _refuse("--class removes the failed builds of a class: it "
+                    "takes --builds and no PACKAGE, --skip or --yank")
+        releases = await self.db.transaction(
+            lambda db: db.delete_failures_of_class(failure_class))
+        await self.tree_effects.request_deletions()
+        for name in sorted({name for name, _ in releases}):
+            self.page_writer.request_rewrite(name)
+        self.queue.request_refresh()
+        return {"message": f"removed the {failure_class} failures of "
+                           f"{len(releases)} release(s), which will be "
+                           f"built again"}
+
     async def _tree_follows(self, package):
         """Carry out the deletions the database recorded with a removal
         (files, logs, pages); refuse, so that the tool's exit code says
@@ -493,6 +520,17 @@ class AdminHub(service.Service):
         if part == "search":
             self.page_writer.rewrite_search()
             return {"message": "the search index will be rewritten"}
+        if part == "reclassify":
+            if self.reclassifier is None:
+                _refuse("this master does not classify stored failures")
+            while self.reclassifier.busy:
+                # the pass at start (or another request) is still running
+                await deferLater(self.clock, 0.5, lambda: None)
+            count = await self.reclassifier.start(every=True)
+            if count is None:
+                _refuse("classifying the stored failures failed; see the "
+                        "master's log")
+            return {"message": f"classified {count} failed build(s)"}
         if part == "audit":
             report = await self.tree_effects.audit(verify_hashes=True)
             if report is None:

@@ -31,6 +31,7 @@ from .builder_hub import (DEFAULT_PLATFORM_ALIASES, BuilderHub,
 from .control_hub import ControlHub, control_needs_authentication
 from .hit_recorder import HitRecorder
 from .pypi_follower import new_pypi_follower, page_writer_listener
+from .reclassifier import Reclassifier
 from .systemd import notify_ready, notify_stopping
 from .tree_effects import TreeEffects
 
@@ -199,12 +200,15 @@ class MasterService(service.MultiService):
             self.follower.page_listeners.append(
                 page_writer_listener(self.page_writer, self.tree_effects))
             self.follower.setServiceParent(self.dependents)
+        # failures recorded without a class get one, in the background
+        self.reclassifier = Reclassifier(self.db, reactor, self.page_writer)
+        self.reclassifier.setServiceParent(self.dependents)
         self.admin = AdminHub(
             self.db, self.queue, self.receiver, self.page_writer, reactor,
             output, json_url=options["pypi-json"],
             platform_aliases=options["platform-aliases"],
             build_listeners=self.hub.build_listeners,
-            tree_effects=self.tree_effects)
+            tree_effects=self.tree_effects, reclassifier=self.reclassifier)
         self.admin.setServiceParent(self.dependents)
         strports.service(admin_listen_description(options["import-queue"]),
                          self.admin.factory()).setServiceParent(

@@ -98,13 +98,17 @@ class RemovePackage(amp.Command):
         (b"builds", amp.Boolean()),
         (b"skip", amp.Unicode(optional=True)),
         (b"yank", amp.Boolean()),
+        # with builds and no package: every failed build of this class
+        # (piwtwist.failures) is removed, so that each is built again
+        (b"failure_class", amp.Unicode(optional=True)),
     ]
     response = [(b"message", amp.Unicode())]
     errors = dict(_ERRORS)
 
 
 #: What ``Rebuild`` rewrites.
-REBUILD_PARTS = ("home", "search", "project", "index", "audit")
+REBUILD_PARTS = ("home", "search", "project", "index", "audit",
+                 "reclassify")
 
 
 class Rebuild(amp.Command):
