@@ -1514,6 +1514,20 @@ AS $sql$
     ORDER BY d.filename, d.tool, d.dependency
 $sql$;
 
+-- get_failures_by_class: failed builds of the last "days" days by failure
+-- class ('' until classified), most first
+CREATE FUNCTION get_failures_by_class(days INTEGER)
+RETURNS TABLE (failure_class VARCHAR, failures BIGINT)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT b.failure_class, COUNT(*)
+    FROM builds b
+    WHERE NOT b.status
+      AND b.built_at >= CURRENT_TIMESTAMP - days * INTERVAL '1 day'
+    GROUP BY 1
+    ORDER BY 2 DESC, 1
+$sql$;
+
 -- get_builds_per_day: builds and successful builds per ABI for each UTC day
 -- of the last "days" days (today included).  The range condition on
 -- built_at reads only the recent end of builds_built_at.

@@ -106,6 +106,33 @@ async def test_home_and_statistics_pages(db, test_db, output, tmp_path,
 
 
 @pytest_twisted.ensureDeferred
+async def test_statistics_page_counts_failures_by_class(
+        db, test_db, output, tmp_path, reactor):
+    await busy_site(db, test_db, output, tmp_path)
+    await add_release(db, "delta", "1.0", T0)
+    await log_failure(db, "delta", "1.0", "cp39", failure_class="network")
+    await log_failure(db, "delta", "1.0", "cp311", failure_class="network")
+    await add_release(db, "old", "1.0", T0)
+    await log_failure(db, "old", "1.0", "cp39", failure_class="timeout")
+    test_db.sql("UPDATE builds SET built_at = now() - INTERVAL '40 days' "
+                "WHERE package = 'old'")
+    statistics = SiteStatistics(db, reactor)
+    await statistics.refresh()
+    writer = page_writer(db, output, reactor, statistics=statistics)
+    writer.rewrite_home()
+    await writer.wait_until_idle()
+    stats = (output / "stats.html").read_text()
+    section = stats.split('id="failures-by-class"')[1].split("</section>")[0]
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>(\d+)</td><td>([^<]*)</td>",
+                      section)
+    # most first; the unclassified (an empty class) first among equals
+    assert rows == [
+        ("unclassified", "2", "not classified yet"),
+        ("network", "2", "the build could not reach the network or the "
+                         "index")]
+
+
+@pytest_twisted.ensureDeferred
 async def test_search_index_sitemap_and_static_pages(
         db, test_db, output, tmp_path, reactor):
     await busy_site(db, test_db, output, tmp_path)

@@ -355,6 +355,14 @@ class Database:
             ([c[0] for c in classes], [c[1] for c in classes],
              [sanitize(c[2]) for c in classes]))
 
+    @retry_safe
+    async def get_failures_by_class(self, days):
+        """``(failure_class, failures)`` of the last *days* days, most
+        first."""
+        rows = await self._rows("SELECT * FROM get_failures_by_class(%s)",
+                                (days,))
+        return [(row.failure_class, row.failures) for row in rows]
+
     async def delete_failures_of_class(self, failure_class):
         """Forget every failed build of *failure_class*, so that each is
         built again; returns the ``(package, version)`` pairs."""

@@ -33,6 +33,8 @@ class ChartSeries:
     #: get_download_statistics(days): {kind: [(name, downloads,
     #: time_saved), ...]} for the tables under the charts
     download_tables: dict = attrs.field(factory=dict)
+    #: get_failures_by_class(days): [(failure_class, failures), ...]
+    failures_by_class: tuple = ()
 
 
 @attrs.frozen

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from genshi.core import Markup
 from genshi.template import TemplateLoader
 
+from ..failures import CLASSES
 from ..resources import templates_dir
 from . import charts
 from .model import (
@@ -128,7 +129,9 @@ class Renderer:
         return self._stream("stats.html", figures=figures,
                             charts=charts.site_charts(series),
                             days=series.days,
-                            downloads=series.download_tables)
+                            downloads=series.download_tables,
+                            failure_classes=series.failures_by_class,
+                            explanations=CLASSES)
 
     def faq(self):
         return self._stream("faq.html")

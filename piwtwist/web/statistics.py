@@ -96,7 +96,9 @@ class SiteStatistics(service.Service):
                 queue_history=tuple(
                     await self.db.get_queue_history(self.chart_days)),
                 download_tables=await self.db.get_download_statistics(
-                    self.chart_days))
+                    self.chart_days),
+                failures_by_class=tuple(
+                    await self.db.get_failures_by_class(self.chart_days)))
         for listener in list(self.listeners):
             try:
                 listener(self.figures)
