@@ -315,6 +315,17 @@ def test_detail_pane_of_master_and_builder(model, clock):
     assert load.endswith("▃▂▄▅▇█  5.0"), load
 
 
+def test_detail_pane_shows_the_class_of_a_builders_last_failure(model):
+    model.apply(snapshot(builder_facts(1, "pi-a", last_failure={
+        "package": "cffi", "version": "1.0", "reason": "exit status 1",
+        "failure_class": "missing-header"})))
+    detail = widgets.Detail()
+    detail.update(model, model.builders[1])
+    lines = [line.rstrip() for line in text_of(detail, 120)]
+    assert any("Last failure: cffi 1.0: [missing-header] exit status 1"
+               in line for line in lines), lines
+
+
 def test_log_tail_shows_the_newest_lines():
     tail = widgets.LogTail()
     assert text_of(tail, 50, 3)[0].rstrip() == \
