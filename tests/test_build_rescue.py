@@ -139,3 +139,14 @@ async def test_a_retry_that_fails_again_is_classified_by_the_retry(
     assert outcome.failure_class == "build-dependency"
     assert failures.classify(outcome.output, outcome.reason) \
         .failure_class == "build-dependency"
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_retry_without_time_left(reactor, tmp_path, monkeypatch):
+    from piwtwist.builder import sandbox
+    monkeypatch.setattr(sandbox, "MIN_RETRY_SECONDS", 1000.0)
+    url = _pkg_resources_index(tmp_path)
+    outcome = await _rescued(reactor, tmp_path, None, url, "oldsetup")
+    assert not outcome.status
+    assert outcome.remedy == ""
+    assert outcome.failure_class == "pkg-resources"

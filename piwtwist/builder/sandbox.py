@@ -508,6 +508,9 @@ async def run_build(reactor, package, version, index_url, build_dir, timeout,
     return await build.wait()
 
 
+#: A failed build is retried only when at least this much of its timeout
+#: is left.
+MIN_RETRY_SECONDS = 30.0
 #: Of a first attempt's log, what a rescued build's log keeps (its head and
 #: tail) when it is longer: the two attempts stay well under what the
 #: master accepts.
@@ -525,7 +528,10 @@ async def run_build_with_rescue(reactor, package, version, index_url,
     that the caller can stop the current one), *may_retry* is asked before
     retrying (a build stopped on purpose is not retried)."""
 
-    def start(remedy=None):
+    if isinstance(timeout, timedelta):
+        timeout = timeout.total_seconds()
+
+    def start(remedy=None, timeout=timeout):
         build = start_build(reactor, package, version, index_url, build_dir,
                             timeout, remedy=remedy, **options)
         if on_start is not None:
@@ -541,9 +547,13 @@ async def run_build_with_rescue(reactor, package, version, index_url,
     # only a build that ended on its own (not a timeout, a limit or a stop)
     remedy = failures.remedy_for(diagnosis, first.output) \
         if first.reason.startswith("exit status") else None
-    if remedy is None or not may_retry():
+    # both attempts together keep to the timeout (the master stops a
+    # build that runs longer)
+    left = timeout - first.duration.total_seconds() if timeout else None
+    if remedy is None or not may_retry() or (
+            left is not None and left < MIN_RETRY_SECONDS):
         return first
-    second = await start(remedy).wait()
+    second = await start(remedy, left).wait()
     output = (_shortened(first.output) + failures.retry_marker(remedy.label)
               + f" (the first attempt failed: {diagnosis.failure_class})\n"
               + second.output)
