@@ -10,7 +10,7 @@ import shutil
 import pytest
 import pytest_twisted
 
-from tests import rescue_sdists, sdists
+from tests import rescue_sdists
 from tests.e2e import Deployment, serve_directory, wait_for
 
 pytestmark = pytest.mark.skipif(
