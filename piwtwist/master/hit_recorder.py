@@ -6,9 +6,13 @@ Two kinds of callers: ``piw-logger`` sends batches over the ``--log-queue``
 over one hit at a time with :meth:`HitRecorder.record`, which collects them
 for up to ``flush_delay`` seconds.  Either way a batch is one call of
 ``log_hits()``: one transaction, a multi-row insert per kind of hit, the
-daily counts updated in the same statement.  Batches are written one at a
-time, which keeps the daily count rows from being fought over and leaves
-the pool's other connection to the rest of the master.
+daily counts updated in the same statement.  At most ``concurrency``
+batches (2) are written at once: one can be waiting for its commit to
+reach the disk while the next is inserted, and the pool keeps a connection
+for the rest of the master (the master's pool has three).  Both take the
+daily count rows in the same order, so they wait for each other rather
+than deadlock; should PostgreSQL still find a deadlock or a serialization
+failure, the batch is answered ``TryLater`` and sent again.
 
 Once an hour ``prune_hits()`` forgets raw hits older than the retention
 (the daily counts stay) and the ids of old batches.
@@ -18,6 +22,7 @@ import uuid
 
 import cbor2
 import psycopg2
+import psycopg2.errors
 from twisted.application import service
 from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
@@ -198,7 +203,7 @@ class HitRecorder(service.Service):
     name = "hit recorder"
 
     def __init__(self, db, clock, retention_days=90, prune_interval=3600.0,
-                 flush_delay=0.5, max_local_hits=10000):
+                 flush_delay=0.5, max_local_hits=10000, concurrency=2):
         self.db = db
         self.clock = clock
         self.retention_days = retention_days
@@ -211,7 +216,7 @@ class HitRecorder(service.Service):
         self.local_dropped = 0
         self.hits_stored = 0
         self._flush_call = None
-        self._lock = defer.DeferredLock()
+        self._writers = defer.DeferredSemaphore(concurrency)
         self._loop = None
         self._loop_done = None
 
@@ -247,17 +252,19 @@ class HitRecorder(service.Service):
         if malformed:
             self.log.warn("{batch}: left out {count} malformed hits",
                           batch=batch_id, count=malformed)
-        await self._lock.acquire()
+        await self._writers.acquire()
         try:
             stored = await self.db.log_hits(batch_id, *tables)
-        except (DatabaseUnavailable, psycopg2.OperationalError) as e:
+        except (DatabaseUnavailable, psycopg2.OperationalError,
+                psycopg2.errors.DeadlockDetected,
+                psycopg2.errors.SerializationFailure) as e:
             raise proto.TryLater(str(e).strip()) from e
         except psycopg2.Error as e:
             self.log.warn("{batch} was refused by the database: {why}",
                           batch=batch_id, why=str(e).strip())
             raise proto.BatchRefused(str(e).strip()) from e
         finally:
-            self._lock.release()
+            self._writers.release()
         count = len(hits) - malformed
         if stored:
             self.hits_stored += count

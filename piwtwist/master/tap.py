@@ -146,7 +146,9 @@ class MasterService(service.MultiService):
         super().__init__()
         self.options = options
         self.reactor = reactor
-        self.pool = ConnectionPool(options["dsn"], reactor)
+        # three connections: the hit recorder may use two at once (one
+        # waiting for its commit), the rest of the master keeps one
+        self.pool = ConnectionPool(options["dsn"], reactor, size=3)
         self.pool.setServiceParent(self)
         self.db = Database(self.pool)
         self.dependents = service.MultiService()
