@@ -142,3 +142,25 @@ def secret_file(tmp_path):
     path.write_text("x" * 40 + "\n")
     os.chmod(path, 0o640)
     return path
+
+
+@pytest.fixture
+def served_index(tmp_path, reactor):
+    """An empty PEP 503 index served over HTTP: (root, url). Tests put
+    sdists in it with :func:`tests.sdists.make_simple_index`."""
+    root = tmp_path / "index"
+    root.mkdir()
+    os.chmod(tmp_path, 0o755)
+    from tests.e2e import serve_directory
+    url, port = serve_directory(reactor, root)
+    yield root, url + "/"
+    port.stopListening()
+
+
+@pytest.fixture
+def served_deployment(test_db, served_index):
+    """A :class:`tests.e2e.Deployment` whose builders build from *served_index*."""
+    from tests.e2e import Deployment
+    deployed = Deployment(test_db, served_index[1])
+    yield deployed
+    deployed.close()

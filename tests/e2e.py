@@ -197,3 +197,4 @@ class Deployment:
         """Every service's log, for assertion messages."""
         return "\n".join(f"===== {s.name}\n{s.output()}\n{s.log()}"
                          for s in self.services)
+

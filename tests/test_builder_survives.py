@@ -4,7 +4,6 @@ it holds exactly once, and goes on building."""
 
 import hashlib
 import json
-import os
 import signal
 
 import pytest
@@ -12,7 +11,7 @@ import pytest_twisted
 from twisted.internet import task
 
 from tests import hostile, sdists
-from tests.e2e import Deployment, serve_directory, wait_for
+from tests.e2e import wait_for
 
 # each release is built in a second or so, "slow" ones take a while
 QUICK = 'say("quick")'
@@ -20,20 +19,13 @@ SLOW = 'say("slow"); time.sleep(8); say("done")'
 
 
 @pytest.fixture
-def index(tmp_path, reactor):
-    root = tmp_path / "index"
-    root.mkdir()
-    os.chmod(tmp_path, 0o755)
-    url, port = serve_directory(reactor, root)
-    yield root, url + "/"
-    port.stopListening()
+def index(served_index):
+    return served_index
 
 
 @pytest.fixture
-def deployment(test_db, index):
-    deployed = Deployment(test_db, index[1])
-    yield deployed
-    deployed.close()
+def deployment(served_deployment):
+    return served_deployment
 
 
 def add_releases(deployment, index_root, sdist_dir, releases, payload=0):

@@ -10,7 +10,6 @@ next job.
 """
 
 import gzip
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -22,7 +21,7 @@ from piwtwist.builder.sandbox import LOG_KEEP
 from piwtwist.service_user import own
 from piwtwist.web.layout import log_path
 from tests import hostile, sdists
-from tests.e2e import Deployment, serve_directory, wait_for
+from tests.e2e import wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None,
@@ -42,20 +41,13 @@ ATTACKS = [
 
 
 @pytest.fixture
-def index(tmp_path, reactor):
-    root = tmp_path / "index"
-    root.mkdir()
-    os.chmod(tmp_path, 0o755)
-    url, port = serve_directory(reactor, root)
-    yield root, url + "/"
-    port.stopListening()
+def index(served_index):
+    return served_index
 
 
 @pytest.fixture
-def deployment(test_db, index):
-    deployed = Deployment(test_db, index[1])
-    yield deployed
-    deployed.close()
+def deployment(served_deployment):
+    return served_deployment
 
 
 def published_log(output, build_id):

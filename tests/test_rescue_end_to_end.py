@@ -4,14 +4,13 @@ their remedy and recorded as rescued; one that no remedy fixes is
 recorded with its class, which the project JSON and page show."""
 
 import json
-import os
 import shutil
 
 import pytest
 import pytest_twisted
 
 from tests import rescue_sdists
-from tests.e2e import Deployment, serve_directory, wait_for
+from tests.e2e import wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None or shutil.which("gcc") is None,
@@ -22,20 +21,13 @@ RELEASES = [("oldsetup", "2024-01-03Z"), ("oldc", "2024-01-02Z"),
 
 
 @pytest.fixture
-def index(tmp_path, reactor):
-    root = tmp_path / "index"
-    root.mkdir()
-    os.chmod(tmp_path, 0o755)
-    url, port = serve_directory(reactor, root)
-    yield root, url + "/"
-    port.stopListening()
+def index(served_index):
+    return served_index
 
 
 @pytest.fixture
-def deployment(test_db, index):
-    deployed = Deployment(test_db, index[1])
-    yield deployed
-    deployed.close()
+def deployment(served_deployment):
+    return served_deployment
 
 
 @pytest_twisted.ensureDeferred
