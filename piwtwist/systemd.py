@@ -81,14 +81,18 @@ class WatchdogService(service.Service):
     and STOPPING=1 when the service stops.
 
     ``clock`` is the reactor (or a ``task.Clock`` in tests); ``environ`` and
-    ``pid`` stand in for ``os.environ`` and ``os.getpid()``.
+    ``pid`` stand in for ``os.environ`` and ``os.getpid()``.  With
+    ``lifecycle=False`` it only pings: the owner says READY=1 and
+    STOPPING=1 itself (the master is ready only once its database answers).
     """
 
     name = "systemd"
     log = Logger()
 
-    def __init__(self, clock, environ=os.environ, pid=None, status=None):
+    def __init__(self, clock, environ=os.environ, pid=None, status=None,
+                 lifecycle=True):
         self.clock = clock
+        self.lifecycle = lifecycle
         self.environ = environ
         self.pid = os.getpid() if pid is None else pid
         self.status = status
@@ -107,7 +111,8 @@ class WatchdogService(service.Service):
 
     def _ready(self):
         self._ready_call = None
-        notify_ready(self.environ, self.status)
+        if self.lifecycle:
+            notify_ready(self.environ, self.status)
         if self.interval is None:
             return
         self.log.info("telling systemd's watchdog every {interval:.1f}s",
@@ -137,4 +142,5 @@ class WatchdogService(service.Service):
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
         self._pinger = None
-        notify_stopping(self.environ)
+        if self.lifecycle:
+            notify_stopping(self.environ)

@@ -218,6 +218,35 @@ def test_builder_tree_tells_systemd(not_root, secret_file):
     assert children[-1].status == "builder pi-7 running"
 
 
+def test_pings_only_without_lifecycle(notify_socket, tmp_path):
+    clock = task.Clock()
+    watchdog = systemd.WatchdogService(
+        clock, watchdog_environ(notify_socket, tmp_path), pid=PID,
+        lifecycle=False)
+    watchdog.startService()
+    clock.advance(0)
+    assert notify_socket.messages() == []   # its owner says READY=1
+    clock.pump([1.0] * 2)
+    assert notify_socket.messages() == ["WATCHDOG=1"] * 2
+    watchdog.stopService()
+    assert notify_socket.messages() == []
+    assert not clock.getDelayedCalls()
+
+
+def test_master_tree_pings_systemd(not_root, secret_file):
+    from piwtwist.master.stall_detector import StallDetector
+    options = master_tap.Options()
+    options.parseOptions(["-c", os.devnull, "--secret-file", str(secret_file),
+                          "--build-abi", "cp311", "-o", "/nonexistent"])
+    top = master_tap.makeService(options)
+    children = list(top)
+    # first to start, last to stop; the master says READY=1 itself, once
+    # its database answers
+    assert isinstance(children[0], systemd.WatchdogService)
+    assert children[0].lifecycle is False
+    assert any(isinstance(c, StallDetector) for c in children)
+
+
 # the unit files and the example configuration -----------------------------
 
 def read_unit(name):
@@ -268,6 +297,8 @@ def test_master_unit():
     assert "--pidfile=" in command
     assert command[command.index("-c") + 1] == "/etc/piwheels.conf"
     assert service["Restart"] in ("on-failure", "always")
+    # a hung reactor stops the pings: systemd kills and restarts it
+    assert 0 < seconds(service["WatchdogSec"]) <= 600
     assert service["NoNewPrivileges"] == "yes"
     assert service["ProtectSystem"] == "strict"
     # the sockets live where every tool can reach them, not in a private /tmp

@@ -20,6 +20,7 @@ from ..db.client import Database
 from ..db.pool import ConnectionPool
 from ..logs import add_log_observers
 from ..shared_secret import SecretError, read_secret
+from ..systemd import WatchdogService
 from ..transfer.receiver import FileReceiver
 from ..web.page_writer import PageWriter
 from ..web.server import site as web_site
@@ -32,6 +33,7 @@ from .control_hub import ControlHub, control_needs_authentication
 from .hit_recorder import HitRecorder
 from .pypi_follower import new_pypi_follower, page_writer_listener
 from .reclassifier import Reclassifier
+from .stall_detector import StallDetector
 from .systemd import notify_ready, notify_stopping
 from .tree_effects import TreeEffects
 
@@ -146,6 +148,13 @@ class MasterService(service.MultiService):
         super().__init__()
         self.options = options
         self.reactor = reactor
+        # first to start, last to stop: pings systemd's watchdog from the
+        # reactor for as long as it turns (READY=1 and STOPPING=1 are said
+        # below, once the database answers and as the stop begins)
+        self.watchdog = WatchdogService(reactor, lifecycle=False)
+        self.watchdog.setServiceParent(self)
+        self.stall_detector = StallDetector(reactor)
+        self.stall_detector.setServiceParent(self)
         # three connections: the hit recorder may use two at once (one
         # waiting for its commit), the rest of the master keeps one
         self.pool = ConnectionPool(options["dsn"], reactor, size=3)

@@ -1,0 +1,77 @@
+"""The master's reactor stall detector: a slow call on the reactor is
+measured and reported, with a fake clock and with the real reactor."""
+
+import time
+
+import pytest_twisted
+from twisted.internet import task
+from twisted.logger import LogLevel, globalLogPublisher
+
+from piwtwist.master.stall_detector import StallDetector
+
+
+class Captured:
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, event):
+        if event.get("log_namespace", "").endswith("StallDetector"):
+            self.events.append(event)
+
+    def __enter__(self):
+        globalLogPublisher.addObserver(self)
+        return self
+
+    def __exit__(self, *exc):
+        globalLogPublisher.removeObserver(self)
+
+
+def test_slow_call_reported_with_a_warning():
+    clock = task.Clock()
+    detector = StallDetector(clock, tick=0.05, interval=60, threshold=0.1)
+    detector.startService()
+    with Captured() as captured:
+        clock.pump([0.05] * 100)          # an idle reactor: on time
+        assert detector.longest == 0
+        clock.advance(0.3)                # a call that held it for 300 ms
+        assert abs(detector.longest - 0.25) < 1e-9
+        clock.pump([0.05] * 1200)         # the rest of the minute
+    assert len(captured.events) == 1
+    event = captured.events[0]
+    assert event["log_level"] == LogLevel.warn
+    assert round(event["stall_ms"]) == 250
+    assert abs(detector.last_longest - 0.25) < 1e-9
+    assert detector.longest == 0          # a new interval began
+    detector.stopService()
+    assert not clock.getDelayedCalls()
+
+
+def test_short_stalls_logged_quietly():
+    clock = task.Clock()
+    detector = StallDetector(clock, tick=0.05, interval=10, threshold=0.1)
+    detector.startService()
+    with Captured() as captured:
+        clock.advance(0.062)              # 12 ms late
+        clock.pump([0.05] * 420)
+    levels = [e["log_level"] for e in captured.events]
+    assert levels[0] == LogLevel.info
+    assert round(captured.events[0]["stall_ms"]) == 12
+    assert "longest reactor stall in the last 10s: 12 ms" in \
+        captured.events[0]["log_format"].format(**captured.events[0])
+    assert round(captured.events[1]["stall_ms"]) == 0
+    detector.stopService()
+    assert not clock.getDelayedCalls()
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_reactor_stall_measured(reactor):
+    detector = StallDetector(reactor, tick=0.01, interval=3600)
+    detector.startService()
+    try:
+        await task.deferLater(reactor, 0.05, lambda: None)
+        # a deliberately blocking call on the reactor
+        await task.deferLater(reactor, 0, time.sleep, 0.3)
+        await task.deferLater(reactor, 0.05, lambda: None)
+        assert 0.25 <= detector.longest < 1.0, detector.longest
+    finally:
+        detector.stopService()
