@@ -64,6 +64,76 @@ async def test_queries_wait_for_a_free_connection(test_db, reactor):
         await pool.stopService()
 
 
+async def _timed(reactor, work):
+    started = reactor.seconds()
+    result = await work
+    return result, reactor.seconds() - started
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_saturated_bulk_lane_leaves_a_connection(test_db, reactor):
+    pool = await started_pool(test_db.master_dsn, reactor, size=3)
+    bulk = Database(pool.bulk())
+    try:
+        # a full rewrite's worth of slow page reads
+        slow = [defer.Deferred.fromCoroutine(bulk.pool.run_query(
+            "SELECT pg_backend_pid() FROM pg_sleep(0.4)")) for _ in range(8)]
+        await task.deferLater(reactor, 0.05, lambda: None)
+        assert pool._bulk_lent == 2 and len(pool._bulk_waiting) == 6
+        # recording a build does not wait behind them
+        _, took = await _timed(reactor, defer.Deferred.fromCoroutine(
+            pool.run_query("SELECT 1")))
+        assert took < 0.2
+        results = await defer.gatherResults(slow)
+        assert len({rows[0][0] for rows in results}) <= 2
+        assert pool._bulk_lent == 0
+    finally:
+        await pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ordinary_waiters_go_before_bulk_ones(test_db, reactor):
+    pool = await started_pool(test_db.master_dsn, reactor, size=2)
+    bulk = pool.bulk()
+    order = []
+
+    async def run(lane, name):
+        await lane.run_query("SELECT pg_sleep(0.2)")
+        order.append(name)
+
+    try:
+        work = [defer.Deferred.fromCoroutine(run(bulk, f"bulk{i}"))
+                for i in range(3)]
+        work.append(defer.Deferred.fromCoroutine(run(pool, "ordinary0")))
+        await task.deferLater(reactor, 0.05, lambda: None)
+        # both connections are busy now; the ordinary statement asked
+        # last, yet runs before the two bulk ones still waiting
+        work.append(defer.Deferred.fromCoroutine(run(pool, "ordinary1")))
+        await defer.gatherResults(work)
+        assert order.index("ordinary1") < order.index("bulk2")
+        assert order[-1] == "bulk2"
+        assert pool._bulk_lent == 0
+    finally:
+        await pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bulk_lane_survives_killed_connections(
+        test_db, reactor):
+    pool = await started_pool(test_db.master_dsn, reactor, size=2)
+    db = Database(pool.bulk())
+    try:
+        assert await db.get_schema_version() == SCHEMA_VERSION
+        test_db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE usename = 'piwheels' AND datname = %s",
+                    (test_db.name,))
+        await backends_gone(test_db, reactor)
+        assert await db.get_schema_version() == SCHEMA_VERSION
+        assert pool._bulk_lent == 0
+    finally:
+        await pool.stopService()
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_reactor_keeps_running_during_a_slow_query(test_db, reactor):
     pool = await started_pool(test_db.master_dsn, reactor, size=1)

@@ -30,6 +30,19 @@ def test_master_defaults_and_spellings(not_root, secret_file):
     assert options["platform-aliases"] == {"linux_armv7l": ("linux_armv6l",)}
     assert options["secret"] == b"x" * 40
     assert options["output-path"].is_absolute()
+    assert options["db-pool-size"] >= 4
+
+
+def test_master_pool_size(not_root, secret_file):
+    options = parse(master_tap.Options, "--build-abi", "cp311",
+                    "--secret-file", str(secret_file), "--db-pool-size", "8")
+    service = master_tap.makeService(options)
+    assert service.pool.size == 8
+    assert service.pool.bulk_limit == 7
+    # page writing and statistics use the bulk lane, the rest does not
+    assert service.page_writer.db.pool.lane == "bulk"
+    assert service.statistics.db.pool.lane == "bulk"
+    assert service.hub.db.pool is service.pool
 
 
 def test_master_reads_its_ini_section(not_root, secret_file, tmp_path):
@@ -48,6 +61,7 @@ def test_master_reads_its_ini_section(not_root, secret_file, tmp_path):
     (["--build-abi", "none"], "not an ABI"),
     (["--build-abi", "cp311", "--platform-aliases", "junk"],
      "PLATFORM=ALIAS"),
+    (["--build-abi", "cp311", "--db-pool-size", "1"], "at least 2"),
 ])
 def test_master_explains_bad_options(not_root, secret_file, args, message):
     with pytest.raises(usage.UsageError, match=message):

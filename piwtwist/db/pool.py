@@ -13,6 +13,15 @@ committed and only its answer been lost.  Such a statement is run again
 only when the caller says it is safe to (``retry=True``: a read, or a write
 made idempotent, see :func:`piwtwist.db.client.retry_safe`); any other
 fails with :class:`DatabaseUnavailable` and its caller decides.
+
+**Lanes.**  Page writing reads a lot and for a long time (a full rewrite
+is hours of queries at PyPI's size), while recording a build or answering
+an admin tool must not wait behind it.  Statements of the *bulk* lane
+(:meth:`ConnectionPool.bulk`: the page writer, statistics) hold at most
+``size - 1`` connections at once, so one is always left for the rest; and
+a connection released goes to a waiting ordinary statement before a
+waiting bulk one.  An ordinary statement therefore waits at most for
+another ordinary one to finish.
 """
 
 import ipaddress
@@ -32,6 +41,10 @@ from .schema import SCHEMA_VERSION
 # Errors that mean "this connection is no use any more", as opposed to an
 # error in the query itself, which is the caller's to handle.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+#: The lanes of :class:`ConnectionPool` (see the module's docstring).
+ORDINARY = "ordinary"
+BULK = "bulk"
 
 
 class SchemaMismatch(Exception):
@@ -86,7 +99,11 @@ class ConnectionPool(service.Service):
         self.retry_delays = tuple(retry_delays)
         self.expected_version = expected_version
         self._idle = deque()
+        #: waiters for a connection, per lane: ordinary ones are served first
         self._waiting = deque()
+        self._bulk_waiting = deque()
+        #: connections lent to the bulk lane
+        self._bulk_lent = 0
         self._open = 0
         self._closing = False
         self.ready = None
@@ -127,9 +144,10 @@ class ConnectionPool(service.Service):
     def stopService(self):
         super().stopService()
         self._closing = True
-        while self._waiting:
-            self._waiting.popleft().errback(
-                DatabaseUnavailable("the database pool is shutting down"))
+        for waiting in (self._waiting, self._bulk_waiting):
+            while waiting:
+                waiting.popleft().errback(DatabaseUnavailable(
+                    "the database pool is shutting down"))
         while self._idle:
             self._idle.popleft().close()
             self._open -= 1
@@ -161,11 +179,13 @@ class ConnectionPool(service.Service):
             f"cannot connect to the database: "
             f"{str(last_error).strip() if last_error else 'shutting down'}")
 
-    async def _acquire(self):
-        if self.ready is not None and not self.ready.called:
-            await self.ready
-        if self._closing:
-            raise DatabaseUnavailable("the database pool is shutting down")
+    @property
+    def bulk_limit(self):
+        """How many connections the bulk lane may hold at once."""
+        return max(1, self.size - 1)
+
+    def _take_idle(self):
+        """A live idle connection, or None."""
         while self._idle:
             connection = self._idle.popleft()
             if _alive(connection):
@@ -177,27 +197,61 @@ class ConnectionPool(service.Service):
             except Exception:
                 pass
             self._open -= 1
+        return None
+
+    async def _acquire(self, lane=ORDINARY):
+        if self.ready is not None and not self.ready.called:
+            await self.ready
+        if self._closing:
+            raise DatabaseUnavailable("the database pool is shutting down")
+        bulk = lane == BULK
+        if bulk and self._bulk_lent >= self.bulk_limit:
+            waiter = defer.Deferred()
+            self._bulk_waiting.append(waiter)
+            return await waiter     # counted in the lane by _next_waiter
+        connection = self._take_idle()
+        if connection is not None:
+            self._bulk_lent += bulk
+            return connection
         if self._open < self.size:
             self._open += 1
+            self._bulk_lent += bulk
             try:
                 return await self._connect_with_retries()
             except Exception:
                 self._open -= 1
+                self._bulk_lent -= bulk
                 raise
         waiter = defer.Deferred()
-        self._waiting.append(waiter)
+        (self._bulk_waiting if bulk else self._waiting).append(waiter)
         return await waiter
 
-    def _release(self, connection):
+    def _next_waiter(self):
+        """The waiter to serve next (ordinary first; bulk only within its
+        limit), counted in its lane; or None."""
+        if self._waiting:
+            return self._waiting.popleft()
+        if self._bulk_waiting and self._bulk_lent < self.bulk_limit:
+            self._bulk_lent += 1
+            return self._bulk_waiting.popleft()
+        return None
+
+    def _release(self, connection, lane=ORDINARY):
+        if lane == BULK:
+            self._bulk_lent -= 1
         if self._closing:
             connection.close()
             self._open -= 1
-        elif self._waiting:
-            self._waiting.popleft().callback(connection)
+            return
+        waiter = self._next_waiter()
+        if waiter is not None:
+            waiter.callback(connection)
         else:
             self._idle.append(connection)
 
-    def _discard(self, connection):
+    def _discard(self, connection, lane=ORDINARY):
+        if lane == BULK:
+            self._bulk_lent -= 1
         try:
             connection.close()
         except Exception:
@@ -205,15 +259,20 @@ class ConnectionPool(service.Service):
         self._open -= 1
         # someone may be waiting for a connection that will now never be
         # released: let the first waiter open a fresh one instead
-        if self._waiting and not self._closing:
-            waiter = self._waiting.popleft()
+        if self._closing:
+            return
+        was_bulk = not self._waiting
+        waiter = self._next_waiter()
+        if waiter is not None:
             self._open += 1
             d = defer.Deferred.fromCoroutine(self._connect_with_retries())
-            d.addErrback(self._undo_open)
+            d.addErrback(self._undo_open, was_bulk)
             d.chainDeferred(waiter)
 
-    def _undo_open(self, failure):
+    def _undo_open(self, failure, bulk=False):
         self._open -= 1
+        if bulk:
+            self._bulk_lent -= 1
         return failure
 
     def retrying(self):
@@ -221,20 +280,25 @@ class ConnectionPool(service.Service):
         repeat after a lost connection."""
         return _RetryingPool(self)
 
+    def bulk(self):
+        """This pool as seen by bulk readers (the page writer, statistics):
+        their statements use the bulk lane."""
+        return _Lane(self, BULK)
+
     # queries --------------------------------------------------------------
 
-    async def _use(self, work, retry=False):
+    async def _use(self, work, retry=False, lane=ORDINARY):
         """Run ``work(connection)`` on a borrowed connection; on a lost
         connection, reconnect and run it once more if *retry*."""
         for attempt in (1, 2):
-            connection = await self._acquire()
+            connection = await self._acquire(lane)
             try:
                 result = await work(connection)
             except Exception as e:
                 if not _connection_failed(e):
-                    self._release(connection)
+                    self._release(connection, lane)
                     raise
-                self._discard(connection)
+                self._discard(connection, lane)
                 if not retry:
                     raise DatabaseUnavailable(
                         f"lost the database connection during a statement "
@@ -247,43 +311,61 @@ class ConnectionPool(service.Service):
                 self.log.warn("database connection lost ({error}); "
                               "reconnecting", error=str(e).strip())
                 continue
-            self._release(connection)
+            self._release(connection, lane)
             return result
 
-    async def run_query(self, sql, params=None, retry=False):
+    async def run_query(self, sql, params=None, retry=False, lane=ORDINARY):
         """Rows of *sql* as named tuples.  *retry*: *sql* may run twice (see
         the module's docstring)."""
         return await self._use(
-            lambda connection: connection.runQuery(sql, params), retry)
+            lambda connection: connection.runQuery(sql, params), retry,
+            lane)
 
-    async def run_operation(self, sql, params=None, retry=False):
+    async def run_operation(self, sql, params=None, retry=False,
+                            lane=ORDINARY):
         await self._use(
-            lambda connection: connection.runOperation(sql, params), retry)
+            lambda connection: connection.runOperation(sql, params), retry,
+            lane)
 
     async def run_interaction(self, interaction, *args, retry=False,
-                              **kwargs):
+                              lane=ORDINARY, **kwargs):
         """Run *interaction(cursor, ...)* inside one transaction; run it
         again after a lost connection only if *retry*."""
         return await self._use(
             lambda connection: connection.runInteraction(
-                interaction, *args, **kwargs), retry)
+                interaction, *args, **kwargs), retry, lane)
 
 
-class _RetryingPool:
+class _Lane:
+    """A :class:`ConnectionPool` whose statements use one lane."""
+
+    def __init__(self, pool, lane, retry=False):
+        self.pool = pool
+        self.lane = lane
+        self.retry = retry
+
+    def retrying(self):
+        return _Lane(self.pool, self.lane, retry=True)
+
+    def run_query(self, sql, params=None):
+        return self.pool.run_query(sql, params, retry=self.retry,
+                                   lane=self.lane)
+
+    def run_operation(self, sql, params=None):
+        return self.pool.run_operation(sql, params, retry=self.retry,
+                                       lane=self.lane)
+
+    def run_interaction(self, interaction, *args, **kwargs):
+        return self.pool.run_interaction(interaction, *args,
+                                         retry=self.retry, lane=self.lane,
+                                         **kwargs)
+
+
+class _RetryingPool(_Lane):
     """A :class:`ConnectionPool` whose every statement is safe to repeat."""
 
     def __init__(self, pool):
-        self.pool = pool
-
-    def run_query(self, sql, params=None):
-        return self.pool.run_query(sql, params, retry=True)
-
-    def run_operation(self, sql, params=None):
-        return self.pool.run_operation(sql, params, retry=True)
-
-    def run_interaction(self, interaction, *args, **kwargs):
-        return self.pool.run_interaction(interaction, *args, retry=True,
-                                         **kwargs)
+        super().__init__(pool, ORDINARY, retry=True)
 
 
 def _alive(connection):

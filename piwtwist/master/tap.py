@@ -88,6 +88,10 @@ class Options(ToolOptions):
         ["platform-aliases", None, "linux_armv7l=linux_armv6l",
          "Platforms whose wheels also serve others: SOURCE=ALIAS[,ALIAS]...",
          _platform_aliases],
+        ["db-pool-size", None, 4,
+         "Database connections the master keeps (at least 2).  Page "
+         "writing and statistics use at most all but one, so recording "
+         "builds and admin actions never wait behind them.", int],
         ["hit-retention", None, 90,
          "Days to keep raw hits (downloads, searches, page views); the "
          "daily counts are kept for ever.  0 keeps everything.", int],
@@ -131,6 +135,10 @@ class Options(ToolOptions):
         except SecretError as e:
             raise usage.UsageError(str(e))
         self["output-path"] = Path(self["output-path"]).absolute()
+        if self["db-pool-size"] < 2:
+            raise usage.UsageError(
+                "--db-pool-size must be at least 2: one connection is kept "
+                "free of page writing for build recording and admin tools")
         if self["hit-retention"] < 0:
             raise usage.UsageError(
                 "--hit-retention is a number of days (0 keeps every hit)")
@@ -155,11 +163,14 @@ class MasterService(service.MultiService):
         self.watchdog.setServiceParent(self)
         self.stall_detector = StallDetector(reactor)
         self.stall_detector.setServiceParent(self)
-        # three connections: the hit recorder may use two at once (one
-        # waiting for its commit), the rest of the master keeps one
-        self.pool = ConnectionPool(options["dsn"], reactor, size=3)
+        # page writing and statistics read through the pool's bulk lane,
+        # which never holds its last connection: build recording, admin
+        # actions and hits always have one (and are served first)
+        self.pool = ConnectionPool(options["dsn"], reactor,
+                                   size=options["db-pool-size"])
         self.pool.setServiceParent(self)
         self.db = Database(self.pool)
+        bulk_db = Database(self.pool.bulk())
         self.dependents = service.MultiService()
         self.log_observers = None
         self.started = None
@@ -180,10 +191,10 @@ class MasterService(service.MultiService):
                          self.hub.factory()).setServiceParent(self.dependents)
         dev_mode = options["dev-mode"]
         self.statistics = SiteStatistics(
-            self.db, reactor, interval=10.0 if dev_mode else 60.0)
+            bulk_db, reactor, interval=10.0 if dev_mode else 60.0)
         self.statistics.setServiceParent(self.dependents)
         self.page_writer = PageWriter(
-            self.db, output, reactor, statistics=self.statistics,
+            bulk_db, output, reactor, statistics=self.statistics,
             site_url=options["site-url"],
             rewrite_all_at_start=not dev_mode,
             rewrite_delay=0.5 if dev_mode else 2.0,
