@@ -22,6 +22,7 @@ from ..logs import add_log_observers
 from ..shared_secret import SecretError, read_secret
 from ..systemd import WatchdogService
 from ..transfer.receiver import FileReceiver
+from ..web.generation import read_generation, site_generation
 from ..web.page_writer import PageWriter
 from ..web.server import site as web_site
 from ..web.statistics import SiteStatistics
@@ -193,10 +194,18 @@ class MasterService(service.MultiService):
         self.statistics = SiteStatistics(
             bulk_db, reactor, interval=10.0 if dev_mode else 60.0)
         self.statistics.setServiceParent(self.dependents)
+        # every page is rewritten at start only when what pages are made
+        # of (templates, rendering code, schema) changed since the last
+        # full rewrite finished; otherwise the saved queue and the audit
+        # bring the stale and missing pages up to date
+        generation = None if dev_mode else site_generation()
+        rewrite_all = generation is not None and \
+            read_generation(output) != generation
         self.page_writer = PageWriter(
             bulk_db, output, reactor, statistics=self.statistics,
             site_url=options["site-url"],
-            rewrite_all_at_start=not dev_mode,
+            rewrite_all_at_start=rewrite_all,
+            generation=generation,
             rewrite_delay=0.5 if dev_mode else 2.0,
             home_interval=10.0 if dev_mode else 60.0,
             search_interval=10.0 if dev_mode else 300.0)
@@ -207,7 +216,7 @@ class MasterService(service.MultiService):
         self.tree_effects = TreeEffects(
             self.db, output, reactor, self.receiver, self.page_writer,
             platform_aliases=options["platform-aliases"],
-            pages_at_start=dev_mode)
+            pages_at_start=not rewrite_all)
         self.tree_effects.setServiceParent(self.dependents)
         self.follower = None
         if not options["no-pypi-follow"]:

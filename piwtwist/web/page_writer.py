@@ -23,8 +23,13 @@ renders them and writes them atomically:
     its pages.
 ``rewrite_all()``
     every project, then the site pages (a Deferred firing with the number
-    of projects).  Runs at start unless ``rewrite_all_at_start`` is false
-    (the master's ``--dev-mode``).
+    of projects).  Runs at start when ``rewrite_all_at_start`` is true
+    (the master decides: see :mod:`piwtwist.web.generation`).  Given a
+    ``generation``, a full rewrite removes ``<output>/.generation`` as it
+    begins and writes it once it has finished, so an interrupted one is
+    done again at the next start; a start without a full rewrite leaves
+    the root of the simple index alone when it is there (a project added
+    since asks for it).
 ``rewrite_home()``, ``rewrite_search()``, ``rewrite_index()``
     the home and statistics pages; the search index (``packages.json``)
     and sitemap; the root of the simple index.  Each is rate-limited: at
@@ -53,6 +58,7 @@ from ..db.records import RewritePending
 from ..master.tree_effects import remove_project_tree
 from ..resources import templates_dir
 from . import layout, render
+from .generation import forget_generation, write_generation
 from .metadata import publish_core_metadata
 from .model import project_facts
 
@@ -159,7 +165,8 @@ class PageWriter(service.Service):
                  site_url="http://localhost/", rewrite_delay=2.0,
                  home_interval=60.0, search_interval=300.0,
                  index_interval=10.0, save_interval=60.0, concurrency=4,
-                 rewrite_all_at_start=True, abi_refresh_interval=300.0):
+                 rewrite_all_at_start=True, abi_refresh_interval=300.0,
+                 generation=None):
         self.db = db
         self.output = output_path
         self.reactor = reactor
@@ -173,6 +180,7 @@ class PageWriter(service.Service):
         self.save_interval = save_interval
         self.concurrency = concurrency
         self.rewrite_all_at_start = rewrite_all_at_start
+        self.generation = generation
         self.abi_refresh_interval = abi_refresh_interval
         self._pending = OrderedDict()
         self._in_progress = {}
@@ -235,7 +243,10 @@ class PageWriter(service.Service):
         if self.rewrite_all_at_start:
             self.rewrite_all()
         else:
-            for job in self._jobs.values():
+            for name, job in self._jobs.items():
+                if name == "index" and self.generation is not None and \
+                        (self.output / "simple" / "index.html").exists():
+                    continue
                 job.request()
         self._schedule_drain()
 
@@ -558,6 +569,8 @@ class PageWriter(service.Service):
         self._abis = None
         await self._refresh_abis()
         await self._write_static_pages()
+        if self.generation is not None:
+            await self._in_thread(forget_generation, self.output)
         packages = await self.db.get_all_packages()
         remaining = iter(packages)
 
@@ -570,6 +583,9 @@ class PageWriter(service.Service):
         await _gather(*[worker() for _ in range(self.concurrency)])
         if self.running:
             await _gather(*[job.run_now() for job in self._jobs.values()])
+        if self.running and self.generation is not None:
+            await self._in_thread(write_generation, self.output,
+                                  self.generation)
         self.log.info("wrote the pages of {count} projects in {seconds:.1f}s",
                       count=len(packages),
                       seconds=self.reactor.seconds() - started)
