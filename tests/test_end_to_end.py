@@ -94,6 +94,20 @@ async def test_builds_land_in_the_output_tree_and_install(
     logs = deployment.database.sql("SELECT output FROM output")
     assert all("pip wheel" in text for (text,) in logs)
 
+    # the pages follow the commit a moment later: wait until the index
+    # lists both wheels, as a user would see it
+    def listed():
+        try:
+            root = (deployment.output / "simple" / "index.html").read_text()
+            return all(
+                package in root and filename in (
+                    deployment.output / "simple" / package /
+                    "index.html").read_text()
+                for filename, _, _, package, _ in files)
+        except FileNotFoundError:
+            return False
+    await wait_for(reactor, listed, 60, "the index to list both wheels")
+
     # pip installs both, wheels only, from the output tree over HTTP
     url, port = serve_directory(reactor, deployment.output)
     try:
