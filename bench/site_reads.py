@@ -28,8 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.build_queue import (  # noqa: E402
-    DBNAME, FULL_PACKAGES, FULL_VERSIONS, SERVER_SETTINGS, Bench, fmt_ms,
-    out)
+    FULL_PACKAGES, FULL_VERSIONS, MASTER_ROLE, SERVER_SETTINGS, Bench,
+    fmt_ms, out)
 
 TARGET_SECONDS = 1.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +101,7 @@ class StatisticsBench(Bench):
     def measure_calls(self):
         runs = self.args.runs
         results = {}
-        out(f"as {self.master_role()!r}, cold = first call after a server "
+        out(f"as {MASTER_ROLE!r}, cold = first call after a server "
             f"restart, warm = median of {runs}")
         for label, sql in CALLS:
             self.cluster.stop()
@@ -129,11 +129,6 @@ class StatisticsBench(Bench):
         out(f"RESULT: warm get_statistics() {fmt_ms(figure)} at scale "
             f"{self.scale:g}: {verdict} the target of {TARGET_SECONDS:g} s "
             f"(ratio {figure / TARGET_SECONDS:.3f})")
-
-    @staticmethod
-    def master_role():
-        from bench.build_queue import MASTER_ROLE
-        return MASTER_ROLE
 
 
 def main(argv=None):
