@@ -198,3 +198,14 @@ class Deployment:
         return "\n".join(f"===== {s.name}\n{s.output()}\n{s.log()}"
                          for s in self.services)
 
+
+def serve_slow_release(tmp_path, reactor, seconds):
+    """An index holding piw-slow 1.0, whose build sleeps *seconds*, served
+    over HTTP: its URL and the listening port."""
+    from tests import sdists
+    root = tmp_path / "index"
+    sdists.make_simple_index(root, [sdists.make_pure_sdist(
+        tmp_path / "sdists", "piw-slow", "1.0", sleep=seconds)],
+        sdists.shared_build_requirements())
+    url, port = serve_directory(reactor, root)
+    return url + "/", port

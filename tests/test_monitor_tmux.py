@@ -15,8 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 
-from tests import sdists
-from tests.e2e import Deployment, serve_directory
+from tests.e2e import Deployment, serve_slow_release
 from tests.test_end_to_end import queue_release
 
 pytestmark = pytest.mark.skipif(
@@ -93,13 +92,8 @@ def row_of(screen, label):
 
 @pytest.fixture
 def package_index(tmp_path, reactor):
-    root = tmp_path / "index"
-    sdist_dir = tmp_path / "sdists"
-    sdists.make_simple_index(root, [
-        sdists.make_pure_sdist(sdist_dir, "piw-slow", "1.0", sleep=20)],
-        sdists.shared_build_requirements())
-    url, port = serve_directory(reactor, root)
-    yield url + "/"
+    url, port = serve_slow_release(tmp_path, reactor, seconds=20)
+    yield url
     port.stopListening()
 
 
@@ -187,7 +181,7 @@ async def _session(reactor, deployment, terminal):
         return titles and f"({label})" in lines[titles[0]] and any(
             line.strip() for line in lines[titles[0] + 1:-2])
     screen = await terminal.wait_for(log_shown, "the build log tail")
-    assert f"Doing: Building piw-slow 1.0" in screen
+    assert "Doing: Building piw-slow 1.0" in screen
     terminal.save("building")
 
     # sleep and wake the selected builder

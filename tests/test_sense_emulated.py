@@ -18,8 +18,7 @@ from twisted.internet import endpoints, task
 from piwtwist.monitor.connection import MasterConnection
 from piwtwist.monitor.model import Model
 from piwtwist.sense import render as r
-from tests import sdists
-from tests.e2e import Deployment, Service, serve_directory
+from tests.e2e import Deployment, Service, serve_slow_release
 from tests.test_end_to_end import queue_release
 from tests.test_sense import save_png
 
@@ -131,13 +130,8 @@ def emulator():
 
 @pytest.fixture
 def package_index(tmp_path, reactor):
-    root = tmp_path / "index"
-    sdist_dir = tmp_path / "sdists"
-    sdists.make_simple_index(root, [
-        sdists.make_pure_sdist(sdist_dir, "piw-slow", "1.0", sleep=30)],
-        sdists.shared_build_requirements())
-    url, port = serve_directory(reactor, root)
-    yield url + "/"
+    url, port = serve_slow_release(tmp_path, reactor, seconds=30)
+    yield url
     port.stopListening()
 
 
