@@ -1663,6 +1663,135 @@ AS $sql$
     ORDER BY d.filename, d.tool, d.dependency
 $sql$;
 
+-- get_project_page: everything the pages of one project show (its page,
+-- its JSON, its simple index) in one row, so that writing them costs one
+-- round trip: the package's description and skip reason, its downloads,
+-- and its versions, files, builds, dependencies and aliases, each a JSON
+-- array of rows in the order of get_project_versions, get_project_files,
+-- get_project_builds, get_project_dependencies and get_package_aliases.
+-- They travel as TEXT so that the master decodes them in a thread rather
+-- than as the answer arrives.  Build durations are whole microseconds.
+-- No row for a package the database does not know.
+CREATE FUNCTION get_project_page(pkg VARCHAR)
+RETURNS TABLE (
+    description VARCHAR, skip VARCHAR, downloads_recent BIGINT,
+    downloads_all BIGINT, versions TEXT, files TEXT, builds TEXT,
+    dependencies TEXT, aliases TEXT
+)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT
+        p.description, p.skip,
+        (SELECT COALESCE(SUM(d.downloads), 0)::BIGINT FROM downloads_daily d
+         WHERE d.package = p.package
+         AND d.day > (CURRENT_TIMESTAMP AT TIME ZONE 'UTC')::DATE - 30),
+        (SELECT COALESCE(SUM(t.downloads), 0)::BIGINT FROM download_totals t
+         WHERE t.package = p.package),
+        (SELECT COALESCE(json_agg(json_build_array(
+                    r.version, r.released, r.skip, r.yanked, r.yank_reason,
+                    r.requires_python, r.succeeded, r.failed)
+                ORDER BY r.released DESC, r.version DESC), '[]')::TEXT
+         FROM (
+             SELECT v.version, v.released, v.skip, v.yanked, v.yank_reason,
+                    v.requires_python,
+                    COALESCE(array_agg(DISTINCT b.abi_tag)
+                             FILTER (WHERE b.status), '{}') AS succeeded,
+                    COALESCE(array_agg(DISTINCT b.abi_tag)
+                             FILTER (WHERE NOT b.status), '{}') AS failed
+             FROM versions v
+             LEFT JOIN builds b
+                 ON b.package = v.package AND b.version = v.version
+             WHERE v.package = p.package
+             GROUP BY v.version, v.released, v.skip, v.yanked,
+                      v.yank_reason, v.requires_python
+         ) r),
+        (SELECT COALESCE(json_agg(json_build_array(
+                    b.version, b.build_id, f.abi_tag, f.filename, f.filesize,
+                    f.filehash, f.requires_python, v.yanked, v.yank_reason)
+                ORDER BY v.released DESC, f.filename), '[]')::TEXT
+         FROM builds b
+         JOIN files f ON f.build_id = b.build_id
+         JOIN versions v ON v.package = b.package AND v.version = b.version
+         WHERE b.package = p.package AND b.status),
+        (SELECT COALESCE(json_agg(json_build_array(
+                    b.build_id, b.version, b.abi_tag, b.status, b.built_at,
+                    (extract(EPOCH FROM b.duration) * 1000000)::BIGINT,
+                    b.reason, b.failure_class, b.failure_hint, b.rescued)
+                ORDER BY b.build_id), '[]')::TEXT
+         FROM builds b
+         WHERE b.package = p.package),
+        (SELECT COALESCE(json_agg(json_build_array(
+                    d.filename, d.tool, d.dependency)
+                ORDER BY d.filename, d.tool, d.dependency), '[]')::TEXT
+         FROM builds b
+         JOIN files f ON f.build_id = b.build_id
+         JOIN dependencies d ON d.filename = f.filename
+         WHERE b.package = p.package AND b.status),
+        (SELECT COALESCE(json_agg(json_build_array(n.name, n.seen)
+                ORDER BY n.seen DESC, n.name), '[]')::TEXT
+         FROM package_names n
+         WHERE n.package = p.package AND n.name <> p.package)
+    FROM packages p
+    WHERE p.package = pkg
+$sql$;
+
+-- get_build_outputs: the logs of several builds at once (those a project's
+-- pages link to but the output tree lacks)
+CREATE FUNCTION get_build_outputs(bids INTEGER[])
+RETURNS TABLE (build_id INTEGER, output TEXT)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT o.build_id, o.output
+    FROM output o
+    WHERE o.build_id = ANY(bids)
+    ORDER BY o.build_id
+$sql$;
+
+-- get_package_names: up to lim package names that sort after "after", in
+-- order, as one newline-separated TEXT value with their count and the
+-- last of them (the next page's "after"); skipped packages only when
+-- with_skipped.  The root of the simple index, the sitemap and a full
+-- rewrite read the 740,000 names of PyPI in such pages, each cheap to
+-- receive, instead of all at once.
+CREATE FUNCTION get_package_names(
+    after VARCHAR, lim INTEGER, with_skipped BOOLEAN DEFAULT true
+)
+RETURNS TABLE (names TEXT, names_count INTEGER, last_name VARCHAR)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT COALESCE(string_agg(p.package, E'\n' ORDER BY p.package), ''),
+           COUNT(*)::INTEGER, max(p.package)
+    FROM (
+        SELECT package FROM packages
+        WHERE package > after AND (with_skipped OR skip = '')
+        ORDER BY package
+        LIMIT lim
+    ) p
+$sql$;
+
+-- get_search_index_chunks: the search index (get_search_index's rows in
+-- its order) as the text of packages.json, chunk_size entries a row: each
+-- row holds comma-separated JSON arrays [package, description, downloads
+-- in the last 30 days, downloads of all time] and how many it holds.  The
+-- master reads the rows through a cursor, a few at a time, so that no
+-- single answer is large.
+CREATE FUNCTION get_search_index_chunks(chunk_size INTEGER)
+RETURNS TABLE (chunk BIGINT, entries INTEGER, packages_json TEXT)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT (s.n - 1) / GREATEST(chunk_size, 1), COUNT(*)::INTEGER,
+           string_agg(format('[%s,%s,%s,%s]', to_json(s.package),
+                             to_json(s.description), s.downloads_recent,
+                             s.downloads_all), ',' ORDER BY s.n)
+    FROM (
+        SELECT i.*, row_number() OVER (
+            ORDER BY i.downloads_recent DESC, i.package) AS n
+        FROM get_search_index() i
+    ) s
+    GROUP BY 1
+    ORDER BY 1
+$sql$;
+
 -- get_failures_by_class: failed builds of the last "days" days by failure
 -- class ('' until classified), most first
 CREATE FUNCTION get_failures_by_class(days INTEGER)
