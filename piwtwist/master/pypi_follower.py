@@ -59,14 +59,14 @@ import attrs
 import psycopg2
 from packaging.utils import canonicalize_name
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from .. import names
 from ..db.client import Database
 from ..db.pool import CONNECTION_ERRORS, DatabaseUnavailable
 from ..pypi.http import (
-    BackOff, Malformed, PyPIProblem, new_http_client,
+    BackOff, Malformed, PyPIProblem, TooLarge, new_http_client,
 )
 from ..pypi.journal import (
     Action, FileKind, JournalSequencer, MalformedEntry, parse_entry,
@@ -104,6 +104,10 @@ class PageChange:
 # What a prefetch could not find out (as opposed to None: PyPI does not
 # know the release or project any more).
 _FAILED = object()
+# What PyPI's document was too large to tell (the JSON client logged it):
+# done without, and not asked again.
+_TOO_LARGE = object()
+_UNKNOWN = (_FAILED, _TOO_LARGE)
 
 
 def skip_for(kinds, skip_pure_wheels=True):
@@ -181,14 +185,14 @@ class _Details:
 
     def release(self, package, version):
         found = self.releases.get((package, version))
-        return None if found is _FAILED else found
+        return None if found in _UNKNOWN else found
 
     def release_failed(self, package, version):
         return self.releases.get((package, version)) is _FAILED
 
     def project(self, package):
         found = self.projects.get(package)
-        return None if found is _FAILED else found
+        return None if found in _UNKNOWN else found
 
     def project_failed(self, package):
         return self.projects.get(package) is _FAILED
@@ -665,8 +669,7 @@ class PyPIFollower(service.Service):
             full = len(entries) >= self.batch_limit
             self.caught_up = not full
             self.json.prefer_projects = full
-            events, through = self._parse(entries)
-            ordered = self.sequencer.sequence(events, through)
+            ordered = await self._sequence_batch(entries)
             self.sequencer.expire(None if full else self.clock.seconds())
             await self._apply(ordered)
             if not ordered and not self._stopping:
@@ -677,10 +680,47 @@ class PyPIFollower(service.Service):
             await self._repair_some()
         return self.poll_interval
 
-    def _parse(self, entries):
+    async def _turn(self):
+        """Let the reactor see to everything else before going on."""
+        await task.deferLater(self.clock, 0, lambda: None)
+
+    async def _sequence_batch(self, entries):
+        """The events of a batch of raw entries, in the order to apply
+        them.  A batch is up to 50,000 entries, about 0.75 s of parsing and
+        sequencing: done ``chunk_size`` entries at a time, with a turn of
+        the reactor after each.  Feeding the sequencer serial-ordered
+        slices gives what one call with the whole batch would."""
+        events, through, problems = [], None, []
+        for start in range(0, len(entries), self.chunk_size):
+            if start:
+                await self._turn()
+            more, last = self._parse(entries[start:start + self.chunk_size],
+                                     problems)
+            events += more
+            if last is not None:
+                through = last if through is None else max(through, last)
+        if problems:
+            self.log.warn("skipped {count} journal entries that make no "
+                          "sense, for example: {example}",
+                          count=len(problems), example=problems[0])
+        # PyPI sends them in serial order, which this sort only checks
+        events.sort(key=lambda event: event.serial)
+        if not events:
+            return self.sequencer.sequence([], through)
+        ordered = []
+        for start in range(0, len(events), self.chunk_size):
+            if start:
+                await self._turn()
+            end = start + self.chunk_size
+            ordered += self.sequencer.sequence(
+                events[start:end], through if end >= len(events) else None)
+        return ordered
+
+    def _parse(self, entries, problems):
+        """The events among *entries* and the last serial they reach;
+        what makes no sense is described in *problems*."""
         events = []
         through = None
-        problems = []
         for entry in entries:
             try:
                 event = parse_entry(entry)
@@ -694,10 +734,6 @@ class PyPIFollower(service.Service):
                 serial = entry[4]
             if isinstance(serial, int) and not isinstance(serial, bool):
                 through = serial if through is None else max(through, serial)
-        if problems:
-            self.log.warn("skipped {count} journal entries that make no "
-                          "sense, for example: {example}",
-                          count=len(problems), example=problems[0])
         return events, through
 
     async def _save_serial(self, serial):
@@ -884,6 +920,8 @@ class PyPIFollower(service.Service):
                 store[key] = await self._interruptible(query)
             except defer.CancelledError:
                 store[key] = _FAILED
+            except TooLarge:
+                store[key] = _TOO_LARGE
             except PyPIProblem as problem:
                 store[key] = _FAILED
                 self._json_failed(problem)
@@ -953,6 +991,10 @@ class PyPIFollower(service.Service):
                         package, attempt[1], allow_stale=False))
             except defer.CancelledError:
                 return
+            except TooLarge:
+                # logged by the JSON client; asking again fetches the same
+                del self._repairs[key]
+                continue
             except PyPIProblem as problem:
                 self._json_failed(problem)
                 found = _FAILED
@@ -1035,6 +1077,8 @@ class PyPIFollower(service.Service):
                     self.json.project(name))
             except defer.CancelledError:
                 found[name] = _FAILED
+            except TooLarge:
+                found[name] = _TOO_LARGE
             except PyPIProblem as problem:
                 found[name] = _FAILED
                 self._json_failed(problem)
@@ -1052,7 +1096,13 @@ class PyPIFollower(service.Service):
             for name in names:
                 package = canonicalize_name(name)
                 project = found[name]
-                if project is _FAILED:
+                if project is _TOO_LARGE:
+                    # its releases come with their journal events
+                    self.log.warn("recorded {name} without its releases: "
+                                  "PyPI's document of it is too large",
+                                  name=name)
+                    await applier._ensure_package(package, name, now)
+                elif project is _FAILED:
                     if not retry_failures:
                         continue
                     outcome.repair(("project", package, name), 0)

@@ -64,6 +64,11 @@ class Malformed(PyPIProblem):
     """The answer could not be understood."""
 
 
+class TooLarge(Malformed):
+    """The answer is larger than the client accepts (``max_bytes``):
+    asking again would only fetch the same, so callers do without it."""
+
+
 class RateLimited(PyPIProblem):
     """Not sent: PyPI asked us to wait and the time is not up yet."""
 
@@ -211,8 +216,8 @@ class PoliteClient:
         try:
             reply = await exchange
         except _TooBig:
-            raise Malformed(f"the answer from {url} is larger than "
-                            f"{self.max_bytes} bytes") from None
+            raise TooLarge(f"the answer from {url} is larger than "
+                           f"{self.max_bytes} bytes") from None
         except (*_NETWORK_ERRORS, defer.CancelledError) as e:
             if timed_out:
                 raise Unreachable(f"no answer from {url} within "
@@ -239,6 +244,11 @@ class PoliteClient:
                                            reactor=self.clock)
         received = []
         size = 0
+        # a declared length over the limit is refused at the first piece,
+        # not after the whole body has been read
+        declared = response.length
+        if isinstance(declared, int) and declared > self.max_bytes:
+            size = declared
 
         def collect(chunk):
             nonlocal size

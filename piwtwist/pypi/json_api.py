@@ -10,9 +10,20 @@ answer is good for any journal event up to that serial, which makes a
 catch-up through old events cost one request per project (the project's
 document lists every release), while a live event, newer than anything
 cached, costs one small request for its release.
+
+**Size.**  A project's document lists every file of every release; the
+largest on PyPI run to tens of MB.  Documents over ``max_bytes`` (16 MiB
+unless told) are refused with :class:`~piwtwist.pypi.http.TooLarge`, and
+remembered, so that they are not fetched again: a release of such a
+project is read from its own (small) document instead.  A document is
+decoded and turned into records in the reactor's thread pool, and decoded
+a member at a time (:func:`loads_in_steps`) because ``json.loads`` is one
+call that holds the GIL throughout: 140 ms for 14.5 MiB, all of which the
+reactor would wait.
 """
 
 import json
+import re
 from collections import OrderedDict
 from urllib.parse import quote
 from datetime import datetime, timezone
@@ -23,10 +34,16 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..db.client import sanitize
-from .http import Malformed, PoliteClient, in_thread
+from .http import Malformed, PoliteClient, TooLarge, in_thread
 from .journal import FileKind, classify_file
 
 PARSE_INLINE_BYTES = 256 * 1024
+
+#: The largest document read; larger ones are done without (see above).
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+
+#: How many refused URLs are remembered.
+TOO_LARGE_MEMORY = 10_000
 
 # The database's column sizes.
 MAX_SUMMARY = 200
@@ -178,11 +195,60 @@ def parse_release(data, version, where="release JSON"):
                     as_of=serial), serial
 
 
-def _loads(body):
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def loads_in_steps(body, depth=2):
+    """``json.loads(body)``, but objects down to *depth* levels are decoded
+    one member at a time, so that a thread running it lets go of the GIL
+    between members (a project's document: one release at a time)."""
+    text = body.decode(json.detect_encoding(body)) \
+        if isinstance(body, (bytes, bytearray)) else body
+    value, end = _value_in_steps(text, _SPACE.match(text, 0).end(), depth)
+    end = _SPACE.match(text, end).end()
+    if end != len(text):
+        raise json.JSONDecodeError("extra data", text, end)
+    return value
+
+
+def _value_in_steps(text, index, depth):
+    if depth <= 0 or not text.startswith("{", index):
+        return _DECODER.raw_decode(text, index)
+    members = {}
+    index = _SPACE.match(text, index + 1).end()
+    if text.startswith("}", index):
+        return members, index + 1
+    while True:
+        if not text.startswith('"', index):
+            raise json.JSONDecodeError("expected a member name", text, index)
+        name, index = json.decoder.scanstring(text, index + 1)
+        index = _SPACE.match(text, index).end()
+        if not text.startswith(":", index):
+            raise json.JSONDecodeError("expected ':'", text, index)
+        index = _SPACE.match(text, index + 1).end()
+        members[name], index = _value_in_steps(text, index, depth - 1)
+        index = _SPACE.match(text, index).end()
+        if text.startswith(",", index):
+            index = _SPACE.match(text, index + 1).end()
+        elif text.startswith("}", index):
+            return members, index + 1
+        else:
+            raise json.JSONDecodeError("expected ',' or '}'", text, index)
+
+
+def _decode(body, parse, where):
+    """*parse* of the JSON in *body*, or the exception that says why not
+    (returned, not raised, so that it crosses from the thread as a value).
+    """
     try:
-        return json.loads(body)
+        data = loads_in_steps(body)
     except (ValueError, UnicodeDecodeError) as e:
-        return Malformed(f"the answer is not JSON ({e})")
+        return Malformed(f"{where}: the answer is not JSON ({e})")
+    try:
+        return parse(data)
+    except Malformed as e:
+        return e
 
 
 class PyPIJson:
@@ -196,10 +262,12 @@ class PyPIJson:
 
     def __init__(self, http, reactor, url="https://pypi.org/pypi",
                  timeout=20.0, cache_size=5_000, concurrency=4,
-                 not_found_ttl=300.0, refetch_interval=5.0):
+                 not_found_ttl=300.0, refetch_interval=5.0,
+                 max_bytes=MAX_DOCUMENT_BYTES):
         self.url = url.rstrip("/")
         self.reactor = reactor
-        self.client = PoliteClient(http, reactor, timeout=timeout)
+        self.client = PoliteClient(http, reactor, timeout=timeout,
+                                   max_bytes=max_bytes)
         self.cache_size = cache_size
         self.not_found_ttl = not_found_ttl
         self.refetch_interval = refetch_interval
@@ -211,6 +279,7 @@ class PyPIJson:
         self._projects = OrderedDict()  # package -> (doc, serial, fetched)
         self._releases = OrderedDict()  # (package, version) -> same
         self._in_flight = {}
+        self._too_large = OrderedDict()  # url -> why it was refused
         self.requests = 0
 
     # cache -----------------------------------------------------------------
@@ -265,9 +334,16 @@ class PyPIJson:
                            allow_stale)
         if hit is None:
             if self.prefer_projects or not self.release_documents:
-                project = await self.project(package, serial, allow_stale)
-                return None if project is None else \
-                    project.releases.get(version)
+                try:
+                    project = await self.project(package, serial,
+                                                 allow_stale)
+                except TooLarge:
+                    if not self.release_documents:
+                        raise
+                    # the release's own document is small
+                else:
+                    return None if project is None else \
+                        project.releases.get(version)
             await self._fetch_release(package, version)
             hit = self._releases[(package, version)]
         if hit[0] is _NOT_FOUND:
@@ -289,26 +365,35 @@ class PyPIJson:
         return release
 
     async def _fetch_project(self, package):
-        data = await self._get(f"{self.url}/{quote(package)}/json")
-        if data is None:
+        where = f"the JSON of {package}"
+        project = await self._get(
+            f"{self.url}/{quote(package)}/json",
+            lambda data: parse_project(data, where))
+        if project is None:
             self._store(self._projects, package, _NOT_FOUND, 0)
             return
-        project = parse_project(data, f"the JSON of {package}")
         self._store(self._projects, package, project, project.last_serial)
 
     async def _fetch_release(self, package, version):
-        data = await self._get(
-            f"{self.url}/{quote(package)}/{quote(version, safe='')}/json")
-        if data is None:
+        where = f"the JSON of {package} {version}"
+        found = await self._get(
+            f"{self.url}/{quote(package)}/{quote(version, safe='')}/json",
+            lambda data: parse_release(data, version, where))
+        if found is None:
             self._store(self._releases, (package, version), _NOT_FOUND, 0)
             return
-        release, serial = parse_release(
-            data, version, f"the JSON of {package} {version}")
+        release, serial = found
         self._store(self._releases, (package, version), release, serial)
 
-    async def _get(self, url):
-        """The decoded JSON at *url*, or None for a 404; one request per URL
-        at a time however many callers want it."""
+    async def _get(self, url, parse):
+        """*parse* of the decoded JSON at *url*, or None for a 404; one
+        request per URL at a time however many callers want it.  A URL
+        whose answer was too large raises :class:`TooLarge` again without
+        asking."""
+        refused = self._too_large.get(url)
+        if refused is not None:
+            self._too_large.move_to_end(url)
+            raise TooLarge(refused)
         if url in self._in_flight:
             waiter = defer.Deferred()
             self._in_flight[url].append(waiter)
@@ -316,8 +401,18 @@ class PyPIJson:
         self._in_flight[url] = []
         try:
             result = await self._limit.run(
-                lambda: defer.Deferred.fromCoroutine(self._request(url)))
+                lambda: defer.Deferred.fromCoroutine(
+                    self._request(url, parse)))
         except BaseException as e:
+            if isinstance(e, TooLarge):
+                self.log.error(
+                    "{url} is larger than {limit:.0f} MiB: not read, and "
+                    "not asked for again; its releases are read from their "
+                    "own documents and the journal", url=url,
+                    limit=self.client.max_bytes / 2 ** 20)
+                self._too_large[url] = str(e)
+                while len(self._too_large) > TOO_LARGE_MEMORY:
+                    self._too_large.popitem(last=False)
             for waiter in self._in_flight.pop(url):
                 if not waiter.called:  # a cancelled waiter has fired
                     waiter.errback(e)
@@ -327,17 +422,19 @@ class PyPIJson:
                 waiter.callback(result)
         return result
 
-    async def _request(self, url):
+    async def _request(self, url, parse):
         self.requests += 1
         reply = await self.client.request(
             "GET", url, headers={"Accept": ["application/json"]},
             accept_statuses=(404, 410))
         if reply.status in (404, 410):
             return None
+        # decoded and made into records where the reactor does not wait
         if len(reply.body) > PARSE_INLINE_BYTES:
-            data = await in_thread(self.reactor, _loads, reply.body)
+            parsed = await in_thread(self.reactor, _decode, reply.body,
+                                     parse, url)
         else:
-            data = _loads(reply.body)
-        if isinstance(data, Exception):
-            raise Malformed(f"{url}: {data}")
-        return data
+            parsed = _decode(reply.body, parse, url)
+        if isinstance(parsed, Exception):
+            raise parsed
+        return parsed
