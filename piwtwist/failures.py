@@ -454,13 +454,33 @@ def _window(log):
 
 def classify(log, reason=""):
     """The :class:`Diagnosis` of a failed build from its *log* and the
-    *reason* its builder gave."""
-    log = log or ""
+    *reason* its builder gave.  For a missing header or library, the hint
+    is the builder's own finding (:func:`finding_line`) when it names what
+    the log says is missing, cleaned and bounded (:func:`clean_hint`)."""
+    log, appended = split_builder_lines(log or "")
+    diagnosis = _classify(log, reason)
+    finding = _last_finding(appended)
+    if finding is not None and diagnosis.failure_class in MISSING_CLASSES:
+        kind, name, text = finding
+        if missing_file(log, diagnosis.failure_class) == (kind, name):
+            hint = clean_hint(text)
+            if hint:
+                return Diagnosis(diagnosis.failure_class, hint)
+    return diagnosis
+
+
+def _rule_text(log):
+    """What the rules read of a log: after a retry, only the retry, and of
+    a long log its head and tail."""
     # a rescued build's log: what the retry says is what counts
     retried = log.rfind("\n" + retry_marker(""))
     if retried >= 0:
         log = log[retried:]
-    log = _window(log)
+    return _window(log)
+
+
+def _classify(log, reason=""):
+    log = _rule_text(log)
     found = _from_reason(reason or _footer_reason(log))
     if found is not None:
         return found
@@ -559,6 +579,8 @@ def known_remedy(label):
     master accepts as a rescue."""
     if label == SETUPTOOLS_CONSTRAINT:
         return True
+    if label.startswith(APT_REMEDY):
+        return bool(DEBIAN_PACKAGE.match(label[len(APT_REMEDY):]))
     if label.startswith("CFLAGS="):
         flags = label[len("CFLAGS="):].split()
         return bool(flags) and all(
@@ -570,3 +592,110 @@ def retry_marker(label):
     """The line a builder's log shows between a failed attempt and its
     retry with the remedy *label*."""
     return f"# piwtwist: retrying once with {label}"
+
+
+# -- what a builder found out about a missing file (issue 16) -----------
+
+#: The classes whose fix is a Debian package a builder can look up.
+MISSING_CLASSES = ("missing-header", "missing-library")
+
+#: How every line a builder appends to a finished build's log begins.
+BUILDER_LINE = "# piwtwist: "
+_FINDING = BUILDER_LINE + "lookup: "
+#: A builder's finding is shown as a hint of at most this many characters.
+HINT_LIMIT = 240
+#: Debian's rule for package names (Policy 5.6.1), lower case only.
+DEBIAN_PACKAGE = re.compile(r"\A[a-z0-9][a-z0-9+.-]{1,99}\Z")
+#: A rescue by installing an allowed Debian package is labelled so.
+APT_REMEDY = "apt:"
+
+
+def split_builder_lines(log):
+    """*log* without the lines its builder appended after the build's
+    footer, and those lines (each starting with :data:`BUILDER_LINE`).
+
+    The footer (``# exit status 1; duration ...``) ends what a build can
+    print, so a trailing run of such lines is the builder's own; the same
+    lines printed by the build come before the footer and are not split
+    off."""
+    end = len(log)
+    cut = end
+    lines = []
+    while cut > 0:
+        stop = cut - 1 if log[cut - 1] == "\n" else cut
+        start = log.rfind("\n", 0, stop) + 1
+        line = log[start:stop]
+        if not line.startswith(BUILDER_LINE) or start == 0:
+            # a log made only of such lines has no build output at all
+            break
+        lines.append(line)
+        cut = start
+    return log[:cut], lines[::-1]
+
+
+def finding_line(kind, name, text):
+    """The line a builder appends to a failed build's log to say what it
+    found out about the missing *kind* (``header``, ``library``,
+    ``pkg-config``, ``tool``) *name*."""
+    return f"{_FINDING}{kind} {name}: {' '.join(text.split())}\n"
+
+
+def _last_finding(lines):
+    for line in reversed(lines):
+        if line.startswith(_FINDING):
+            kind, _, rest = line[len(_FINDING):].partition(" ")
+            name, separator, text = rest.partition(": ")
+            if separator and kind and name:
+                return kind, name, text
+    return None
+
+
+def clean_hint(text, limit=HINT_LIMIT):
+    """*text* as one line of printable characters, at most *limit* long:
+    what a builder says is shown on pages, and a builder may lie."""
+    text = "".join(c if c.isprintable() else " " for c in text or "")
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[:limit - 1].rstrip() + "\u2026"
+    return text
+
+
+def missing_file(log, failure_class):
+    """What a ``missing-header`` or ``missing-library`` log says is
+    missing, as ``(kind, name)``: ``("header", "ffi.h")``, ``("library",
+    "ffi")`` for ``-lffi``, ``("tool", "xml2-config")``, ``("pkg-config",
+    "libxml-2.0")``; None for any other log.  The same rules, in the same
+    order, as :func:`classify`."""
+    log = _rule_text(split_builder_lines(log or "")[0])
+    if failure_class == "missing-header":
+        match = _HEADER.search(log)
+        return ("header", match.group(1)) if match else None
+    if failure_class == "missing-library":
+        match = _LD_LIBRARY.search(log)
+        if match:
+            return "library", match.group(1)
+        match = _CONFIG_TOOL.search(log)
+        if match:
+            return "tool", match.group(1)
+        match = _PKG_CONFIG.search(log)
+        if match:
+            return "pkg-config", next(g for g in match.groups() if g)
+    return None
+
+
+def package_for(kind, name):
+    """The Debian package the curated maps name for a missing file, or
+    ``""``."""
+    if kind == "header":
+        return HEADER_PACKAGES.get(name) or HEADER_PACKAGES.get(
+            name.rsplit("/", 1)[-1], "")
+    return LIBRARY_PACKAGES.get(name) or LIBRARY_PACKAGES.get(
+        name.lower(), "")
+
+
+def apt_remedy(package):
+    """The :class:`Remedy` of installing the Debian *package* (which the
+    builder does itself before its retry)."""
+    if not DEBIAN_PACKAGE.match(package or ""):
+        raise ValueError(f"{package!r} is not a Debian package name")
+    return Remedy(label=APT_REMEDY + package)

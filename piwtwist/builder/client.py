@@ -87,7 +87,7 @@ class BuilderService(service.MultiService):
     def __init__(self, reactor, endpoint, secret, build_dir, label="",
                  build_timeout=3 * 3600.0, busy_timeout=300.0,
                  memory_limit=None, ping_interval=None, limits=None,
-                 hidden=(), bwrap=FIND_BWRAP):
+                 hidden=(), bwrap=FIND_BWRAP, apt=None):
         super().__init__()
         self.reactor = reactor
         self.secret = secret
@@ -101,6 +101,9 @@ class BuilderService(service.MultiService):
         self.limits = limits
         self.hidden = tuple(hidden)
         self.bwrap = bwrap
+        #: looks up missing headers and libraries, installs allowed
+        #: packages (piwtwist.builder.apt.AptHelper; None: neither)
+        self.apt = apt
         # often enough for monitors to follow the build log, and well
         # within the master's watchdog
         self.ping_interval = ping_interval or min(
@@ -300,6 +303,7 @@ class BuilderService(service.MultiService):
                     memory_limit=self.memory_limit,
                     extra_index_urls=job.extra_index_urls,
                     limits=self.limits, hidden=self.hidden, bwrap=self.bwrap,
+                    apt=self.apt,
                     on_start=lambda build: setattr(job, "running", build),
                     may_retry=lambda: self.job is job and not (
                         job.stopped_by_master or self._stopping))

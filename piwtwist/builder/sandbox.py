@@ -519,14 +519,17 @@ FIRST_ATTEMPT_KEEP = (64 * 1024, 448 * 1024)
 
 async def run_build_with_rescue(reactor, package, version, index_url,
                                 build_dir, timeout, *, on_start=None,
-                                may_retry=lambda: True, **options):
+                                may_retry=lambda: True, apt=None, **options):
     """Build like :func:`run_build`; when the build fails in a way a known,
     safe remedy fixes (:func:`piwtwist.failures.remedy_for`), build once
     more with it.  The outcome's log shows both attempts; its
     ``failure_class`` is set on failure, and its ``remedy`` when the second
     attempt ran.  *on_start* is called with each :class:`RunningBuild` (so
     that the caller can stop the current one), *may_retry* is asked before
-    retrying (a build stopped on purpose is not retried)."""
+    retrying (a build stopped on purpose is not retried).  With *apt* (a
+    :class:`piwtwist.builder.apt.AptHelper`), a missing header or library
+    is looked up, what was found is the log's last line, and a package
+    the operator allowed is installed before the retry."""
 
     if isinstance(timeout, timedelta):
         timeout = timeout.total_seconds()
@@ -538,6 +541,7 @@ async def run_build_with_rescue(reactor, package, version, index_url,
             on_start(build)
         return build
 
+    started = reactor.seconds()
     first = await start().wait()
     if first.status:
         return first
@@ -550,11 +554,30 @@ async def run_build_with_rescue(reactor, package, version, index_url,
     # both attempts together keep to the timeout (the master stops a
     # build that runs longer)
     left = timeout - first.duration.total_seconds() if timeout else None
-    if remedy is None or not may_retry() or (
-            left is not None and left < MIN_RETRY_SECONDS):
+    time_left = left is None or left >= MIN_RETRY_SECONDS
+    installed = ""
+    if remedy is None and apt is not None and \
+            first.reason.startswith("exit status"):
+        finding = await _look_up(reactor, apt, diagnosis, first.output)
+        if finding is None:
+            return first
+        if not (apt.should_install(finding) and time_left and may_retry()):
+            return attrs.evolve(first, output=first.output + finding.line())
+        result = await apt.install(reactor, finding.package)
+        installed = apt.install_log(finding.package, result)
+        if not result.succeeded:
+            finding = attrs.evolve(finding, install=result)
+            return attrs.evolve(first, output=first.output + installed
+                                + finding.line())
+        remedy = failures.apt_remedy(finding.package)
+        if timeout:
+            left = timeout - (reactor.seconds() - started)
+            time_left = left >= MIN_RETRY_SECONDS
+    if remedy is None or not time_left or not may_retry():
         return first
     second = await start(remedy, left).wait()
-    output = (_shortened(first.output) + failures.retry_marker(remedy.label)
+    output = (_shortened(first.output) + installed
+              + failures.retry_marker(remedy.label)
               + f" (the first attempt failed: {diagnosis.failure_class})\n"
               + second.output)
     outcome = attrs.evolve(second, output=output,
@@ -565,7 +588,29 @@ async def run_build_with_rescue(reactor, package, version, index_url,
                                      second.output, second.reason)
         outcome = attrs.evolve(outcome,
                                failure_class=diagnosis.failure_class)
+        if apt is not None and second.reason.startswith("exit status"):
+            # say what is missing now (a retry is not retried)
+            finding = await _look_up(reactor, apt, diagnosis, second.output)
+            if finding is not None:
+                outcome = attrs.evolve(
+                    outcome, output=outcome.output + finding.line())
     return outcome
+
+
+async def _look_up(reactor, apt, diagnosis, output):
+    """The :class:`~piwtwist.builder.apt.Finding` about the file a
+    ``missing-*`` failure's log names, or None."""
+    if diagnosis.failure_class not in failures.MISSING_CLASSES:
+        return None
+    missing = await _in_thread(reactor, failures.missing_file, output,
+                               diagnosis.failure_class)
+    if missing is None:
+        return None
+    try:
+        return await apt.look_up(reactor, *missing)
+    except Exception:
+        log.failure("looking up {missing} failed", missing=missing)
+        return None
 
 
 def _shortened(output):

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shlex
 import socket
 
 from twisted.application import service
@@ -13,6 +14,8 @@ from ..config import ToolOptions
 from ..logs import add_log_observers
 from ..shared_secret import SecretError, read_secret
 from ..systemd import WatchdogService
+from .apt import (DEFAULT_INSTALL_COMMAND, AptHelper, check_package,
+                  read_allow_file)
 from .client import BuilderService
 from .sandbox import (DEFAULT_LOG_LIMIT, DEFAULT_PROCESS_LIMIT, LOG_KEEP,
                       NO_BWRAP_MESSAGE, Limits, find_bwrap)
@@ -61,10 +64,19 @@ def master_endpoint_description(master):
     return f"tcp:host={host}:port={port}"
 
 
+def parse_packages(value):
+    """'libffi-dev,libxml2-dev' -> the Debian package names."""
+    names = [name for name in re.split(r"[\s,]+", value) if name]
+    if not names:
+        raise ValueError("name at least one Debian package")
+    return [check_package(name) for name in names]
+
+
 class Options(ToolOptions):
     """twistd piwheels-builder [options]"""
 
     config_section = "builder"
+    list_options = ["apt-allow"]
     synopsis = "Usage: twistd [twistd options] piwheels-builder [options]"
     longdesc = "A piwtwist builder: builds what the master asks for."
     optParameters = [
@@ -95,6 +107,17 @@ class Options(ToolOptions):
          f"{LOG_KEEP >> 20}M of a long log are kept.", parse_size],
         ["secret-file", None, "/etc/piwheels/secret",
          "File holding the secret shared with the master."],
+        ["apt-allow", None, None,
+         "Debian packages (PKG[,PKG...]; repeatable) this builder may "
+         "install when a build misses a header or library they provide, "
+         "before retrying it once.", parse_packages],
+        ["apt-allow-file", None, None,
+         "A file listing more such packages, one or more a line (# starts "
+         "a comment)."],
+        ["apt-install-command", None, " ".join(DEFAULT_INSTALL_COMMAND),
+         "The command that installs an allowed package, given as its last "
+         "argument (the builder runs unprivileged: allow exactly these "
+         "commands in sudoers)."],
     ]
 
     optFlags = [
@@ -117,6 +140,7 @@ class Options(ToolOptions):
                             ("busy-timeout", parse_duration)):
             if isinstance(self[name], str):
                 self[name] = parse(self[name])
+        self._check_apt()
         try:
             self["endpoint"] = master_endpoint_description(self["master"])
         except ValueError as e:
@@ -131,6 +155,29 @@ class Options(ToolOptions):
             self["build-frontend"] = check_build_frontend()
         except BuildFrontendError as e:
             raise usage.UsageError(str(e))
+
+
+    def _check_apt(self):
+        allowed = []
+        for value in self["apt-allow"]:
+            allowed += value if isinstance(value, list) else [value]
+        if self["apt-allow-file"]:
+            try:
+                allowed += read_allow_file(self["apt-allow-file"])
+            except OSError as e:
+                raise usage.UsageError(
+                    f"cannot read --apt-allow-file: {e.strerror}: "
+                    f"{e.filename}")
+            except ValueError as e:
+                raise usage.UsageError(f"--apt-allow-file: {e}")
+        try:
+            command = shlex.split(self["apt-install-command"] or "")
+        except ValueError as e:
+            raise usage.UsageError(f"--apt-install-command: {e}")
+        if not command:
+            raise usage.UsageError("--apt-install-command is empty")
+        self["apt"] = AptHelper(allowed=list(dict.fromkeys(allowed)),
+                                install_command=command)
 
 
 def hidden_paths(options):
@@ -157,6 +204,12 @@ class _LoggingBuilder(BuilderService):
         if "build-frontend" in self.options:
             log.info("build frontend: {frontend}",
                      frontend=self.options["build-frontend"])
+        apt = self.options.get("apt")
+        if apt is not None and apt.allowed:
+            log.info("may install {packages} for builds that miss them, "
+                     "with: {command} PKG",
+                     packages=" ".join(sorted(apt.allowed)),
+                     command=shlex.join(apt.install_command))
         super().startService()
 
     async def stopService(self):
@@ -179,7 +232,8 @@ def makeService(options):
             options["build-dir"], memory=options["memory-limit"],
             processes=options["process-limit"], disk=options["disk-limit"],
             log=options["log-limit"]),
-        hidden=hidden_paths(options), bwrap=options["bwrap"])
+        hidden=hidden_paths(options), bwrap=options["bwrap"],
+        apt=options["apt"])
     top = service.MultiService()
     builder.setServiceParent(top)
     # started after the builder (its log observers are in place) and, as
