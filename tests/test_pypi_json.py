@@ -2,19 +2,26 @@
 asks again.  The fake PyPI's resource is served through treq's StubTreq with
 a fake clock; one test reads the real PyPI."""
 
+import json
+import threading
 from datetime import datetime, timezone
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.web import resource, server
 from treq.testing import StubTreq
 
 from piwtwist.master.pypi_follower import (
     SKIP_PURE_WHEEL, _Applier, _Details, _Outcome, in_transaction, skip_for,
 )
-from piwtwist.pypi.http import Malformed, Unreachable, new_http_client
+from piwtwist.pypi import json_api
+from piwtwist.pypi.http import (
+    Malformed, TooLarge, Unreachable, new_http_client,
+)
 from piwtwist.pypi.journal import FileKind
-from piwtwist.pypi.json_api import PyPIJson
+from piwtwist.pypi.json_api import PyPIJson, loads_in_steps
 from tests.fake_pypi import T0, FakePyPI
 from tests.test_pypi_http import Scripted, result, run
 
@@ -160,6 +167,128 @@ def test_odd_values_are_made_safe(clock):
     assert release.requires_python == ""  # too long to keep whole
     assert (release.yanked, release.yank_reason) == (True, "")
     assert (release.files, release.released) == ((), None)
+
+
+@pytest.fixture
+def logged():
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def big_project(fake, name="big", releases=40):
+    for index in range(releases):
+        fake.release(name, f"1.{index}", files=["sdist", "binary"])
+
+
+def test_a_document_over_the_limit_is_refused_once_and_done_without(
+        fake, stub, clock, logged, observe_errors):
+    big_project(fake)
+    client = PyPIJson(stub, clock, "http://pypi.test/pypi", max_bytes=4000)
+    with pytest.raises(TooLarge, match="larger than 4000 bytes"):
+        result(run(stub, client.project("big")))
+    errors = [formatEvent(e) for e in logged
+              if e.get("log_level") == LogLevel.error]
+    assert len(errors) == 1
+    assert "http://pypi.test/pypi/big/json is larger than 4000 bytes" in \
+        errors[0]
+    # remembered: not fetched again, however it is asked for
+    with pytest.raises(TooLarge):
+        result(run(stub, client.project("big")))
+    # while catching up, a release comes from its own small document
+    client.prefer_projects = True
+    release = result(run(stub, client.release("big", "1.7", 1)))
+    assert release.kinds() == {FileKind.SOURCE, FileKind.BINARY}
+    assert [r["path"] for r in fake.requests] == [
+        "/pypi/big/json", "/pypi/big/1.7/json"]
+    assert len([e for e in logged
+                if e.get("log_level") == LogLevel.error]) == 1
+    observe_errors.clear()  # the error is what this test expects
+
+
+class Endless(resource.Resource):
+    """Declares a large body, sends a little of it and never the rest."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"Content-Length", b"50000000")
+        request.write(b'{"info": {}, "releases": {' + b" " * 1000)
+        return server.NOT_DONE_YET
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_declared_length_over_the_limit_is_refused_before_reading(
+        reactor, observe_errors):
+    port = reactor.listenTCP(0, server.Site(Endless()),
+                             interface="127.0.0.1")
+    http, pool = new_http_client(reactor)
+    try:
+        client = PyPIJson(
+            http, reactor, f"http://127.0.0.1:{port.getHost().port}/pypi",
+            timeout=10.0, max_bytes=100_000)
+        started = reactor.seconds()
+        with pytest.raises(TooLarge):
+            await client.project("foo")
+        # at the first piece, not after the timeout
+        assert reactor.seconds() - started < 5
+    finally:
+        await pool.closeCachedConnections()
+        await port.stopListening()
+    observe_errors.clear()
+
+
+@pytest.mark.parametrize("text", [
+    '{"info": {"a": [1, 2, {"b": null}]}, "releases": {"1.0": [], '
+    '"2.0": [{"x": "\\u00e9\\"q"}]}, "last_serial": 3}',
+    ' { } ', '[1, {"a": 2}]', '"text"', '{"a": {"b": {"c": {}}}}',
+    '{"\\u0061" : 1 , "b":{ } }',
+])
+def test_stepwise_decoding_is_json_loads(text):
+    assert loads_in_steps(text.encode()) == json.loads(text)
+    assert loads_in_steps(text.encode("utf-16")) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", [
+    '{"a": 1} x', '{"a" 1}', '{"a": 1,}', '{a: 1}', '{"a": {"b": 1 "c"}}',
+    '{"a": [1, 2}', '',
+])
+def test_stepwise_decoding_refuses_what_json_loads_refuses(text):
+    with pytest.raises(ValueError):
+        json.loads(text)
+    with pytest.raises(ValueError):
+        loads_in_steps(text.encode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_documents_are_read_in_the_thread_pool(reactor,
+                                                           monkeypatch):
+    """A project's document over 256 KiB is decoded and made into records
+    off the reactor's thread."""
+    fake = FakePyPI(reactor)
+    big_project(fake, releases=1500)
+    fake.listen()
+    threads = []
+    parse_project = json_api.parse_project
+
+    def watched(data, where):
+        threads.append(threading.current_thread())
+        return parse_project(data, where)
+
+    monkeypatch.setattr(json_api, "parse_project", watched)
+    http, pool = new_http_client(reactor)
+    try:
+        client = PyPIJson(http, reactor, fake.url + "/pypi")
+        project = await client.project("big")
+        assert len(project.releases) == 1500
+        assert threads and threads[0] is not threading.main_thread()
+        fake.release("small", "1.0")
+        await client.project("small")
+        assert threads[1] is threading.main_thread()  # a small one inline
+    finally:
+        await pool.closeCachedConnections()
+        await fake.stop()
 
 
 async def pypi_or_skip(reactor, query):

@@ -406,10 +406,10 @@ class PyPIJson:
         except BaseException as e:
             if isinstance(e, TooLarge):
                 self.log.error(
-                    "{url} is larger than {limit:.0f} MiB: not read, and "
-                    "not asked for again; its releases are read from their "
-                    "own documents and the journal", url=url,
-                    limit=self.client.max_bytes / 2 ** 20)
+                    "PyPI's JSON document {url} is larger than {limit} "
+                    "bytes: not read, and not asked for again; its "
+                    "releases are read from their own documents and the "
+                    "journal", url=url, limit=self.client.max_bytes)
                 self._too_large[url] = str(e)
                 while len(self._too_large) > TOO_LARGE_MEMORY:
                     self._too_large.popitem(last=False)
