@@ -24,7 +24,7 @@ from piwtwist.pypi.journal import JournalSequencer
 from piwtwist.pypi.json_api import PyPIJson
 from piwtwist.pypi.xmlrpc import PyPIXmlRpc
 from tests.conftest import TEMPLATE, _create_database
-from tests.fake_pypi import T0, FakePyPI
+from tests.fake_pypi import FIRST_SERIAL, T0, FakePyPI
 from tests.test_db_queue import success, wheel
 from tests.tree_support import FakePageWriter
 
@@ -931,3 +931,111 @@ def test_changes_reach_the_page_writer():
         ("rewrite_search", (), {}),
         ("request_deletions", (), {}),
     ]
+
+
+# -- size and the reactor (issue 15) ----------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_a_project_document_too_large_to_read_is_done_without(
+        db, test_db, fake_pypi, followers, logged, observe_errors):
+    for index in range(40):
+        fake_pypi.release("Big", f"1.{index}", files=["sdist", "binary"])
+    fake_pypi.release("small", "1.0")
+    follower = followers.make(db, populate=True, start=False)
+    # the big project's document is ~40 KB, a release's ~1 KB
+    follower.json.client.max_bytes = 4000
+    follower.startService()
+    await caught_up(follower, fake_pypi)
+    packages = state(test_db)
+    assert packages["small"][1] == {"1.0": ("", False, "", "")}
+    assert packages["big"] == ("", {})  # recorded, without its releases
+    assert any("recorded Big without its releases" in w
+               for w in warnings_in(logged))
+    errors = [e for e in observe_errors]
+    assert len(errors) == 1
+    from twisted.logger import formatEvent
+    assert "/pypi/big/json is larger than 4000 bytes" in \
+        formatEvent(errors[0])
+    # the follower carries on: a new release is read from its own document
+    fake_pypi.release("Big", "2.0", requires_python=">=3.9")
+    await caught_up(follower, fake_pypi)
+    assert state(test_db)["big"][1] == {"2.0": ("", False, "", ">=3.9")}
+    paths = [r["path"] for r in fake_pypi.requests]
+    assert paths.count("/pypi/big/json") == 1
+    assert "/pypi/big/2.0/json" in paths
+    assert follower.status()["repairs_pending"] == 0
+    observe_errors.clear()  # the one error this test expects
+
+
+def busy_batch(count, first=FIRST_SERIAL):
+    """*count* raw journal entries with releases, files, repeats and
+    deletions journalled before their creations."""
+    entries = []
+    for index in range(count):
+        # six entries on each release, of projects seen again and again
+        name = f"project-{index // 6 % 3000}"
+        version = f"1.{index // 6 % 7}"
+        kind = index % 6
+        if kind == 0:
+            action = "new release"
+        elif kind in (1, 2):  # the same file twice: a repeat
+            action = f"add source file {name}-{version}.tar.gz"
+        elif kind == 3:
+            action = "remove release"
+        elif kind == 4:
+            action = f"add cp311 file {name.replace('-', '_')}-{version}" \
+                     f"-cp311-cp311-linux_armv7l.whl"
+        else:
+            action = "create"
+        # deletions carry a later time than what follows them
+        stamp = T0 + index + (30 if kind == 3 else 0)
+        entries.append([name, None if kind == 5 else version, stamp,
+                        action, first + index])
+    return entries
+
+
+def test_a_full_batch_is_sequenced_a_chunk_at_a_time():
+    """50,000 entries are parsed and sequenced 1,000 at a time with a turn
+    of the reactor between, into what one go would give."""
+    from twisted.internet import defer
+    from piwtwist.pypi.journal import parse_entry
+    class CountingClock(task.Clock):
+        turns = 0
+
+        def callLater(self, delay, *args, **kwargs):
+            self.turns += 1
+            return super().callLater(delay, *args, **kwargs)
+
+    clock = CountingClock()
+    follower = PyPIFollower(None, clock, None, None, "/nonexistent",
+                            chunk_size=1000)
+    follower.sequencer.start_at(FIRST_SERIAL - 1)
+    entries = busy_batch(50_000)
+    sequencing = defer.Deferred.fromCoroutine(
+        follower._sequence_batch(entries))
+    # other work the reactor has meanwhile, and how far the batch was
+    # each time it ran
+    seen = []
+
+    def other_work():
+        seen.append(follower.sequencer.high_water)
+        if not sequencing.called:
+            clock.callLater(0, other_work)
+
+    clock.callLater(0, other_work)
+    clock.advance(0)
+    assert sequencing.called
+    turns = clock.turns - len(seen)
+    assert turns == 49 + 49  # parsing, then sequencing
+    # the other work ran after every turn: between every two chunks
+    assert len(seen) == turns
+    assert len(set(seen)) == 1 + 50  # before, and after each sequenced chunk
+    ordered = sequencing.result
+    in_one_go = JournalSequencer()
+    in_one_go.start_at(FIRST_SERIAL - 1)
+    expected = in_one_go.sequence([parse_entry(e) for e in entries])
+    assert ordered == expected
+    assert in_one_go.deletions_reapplied > 0 and in_one_go.repeats_dropped
+    assert follower.sequencer.high_water == in_one_go.high_water
+    assert follower.sequencer.parked() == in_one_go.parked()
+    assert not clock.getDelayedCalls()
