@@ -3,6 +3,8 @@ clock: hello and authentication, work, pings, controls, results, timeouts
 and reconnections."""
 
 import hashlib
+import queue
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -10,9 +12,11 @@ import psycopg2
 import pytest
 from twisted.internet import defer, task
 from twisted.protocols import amp
+from twisted.python.threadpool import ThreadPool
 from twisted.test import iosim
 
-from piwtwist import __version__
+from piwtwist import __version__, failures
+from piwtwist.master import builder_hub
 from piwtwist.db.records import QueueEntry
 from piwtwist.master.build_queue import BuildQueue
 from piwtwist.master.builder_hub import BuilderHub, build_identity
@@ -83,8 +87,8 @@ def entry(package, version="1.0", abi="cp311"):
 class Harness:
     """A hub with a fake database and receiver, and builders to connect."""
 
-    def __init__(self, tmp_path, entries=(), fail=None):
-        self.clock = task.Clock()
+    def __init__(self, tmp_path, entries=(), fail=None, clock=None):
+        self.clock = clock or task.Clock()
         self.db = FakeDatabase(entries)
         self.queue = BuildQueue(self.db, self.clock, size=10)
         self.receiver = FakeReceiver(tmp_path, fail)
@@ -622,3 +626,72 @@ def test_a_result_carries_its_identity_to_the_database(tmp_path):
     assert tokens[1] == build_identity(entry(second["package"]),
                                        second["ticket"])
     assert len(set(tokens)) == 2 and None not in tokens
+
+
+class ThreadedClock(task.Clock):
+    """A fake clock with a real thread pool: what a thread hands back to
+    the reactor waits in ``from_threads`` until the test runs it."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = ThreadPool(1, 1)
+        self.pool.start()
+        self.from_threads = queue.Queue()
+
+    def getThreadPool(self):
+        return self.pool
+
+    def callFromThread(self, function, *args, **kwargs):
+        self.from_threads.put((function, args, kwargs))
+
+    def run_from_threads(self):
+        function, args, kwargs = self.from_threads.get(timeout=10)
+        function(*args, **kwargs)
+
+
+def test_the_build_log_is_checked_decoded_and_classified_off_the_reactor(
+        tmp_path, monkeypatch):
+    """Hashing, decoding (up to MAX_LOG_BYTES) and classifying a log run
+    in the thread pool; the reactor only waits for the answer."""
+    threads = {}
+
+    def watch(module, name):
+        original = getattr(module, name)
+
+        def watched(*args):
+            threads[name] = threading.current_thread()
+            return original(*args)
+        monkeypatch.setattr(module, name, watched)
+
+    watch(builder_hub, "checked_log")
+    watch(failures, "classify")
+    clock = ThreadedClock()
+    try:
+        harness = Harness(tmp_path, [entry("foo")], clock=clock)
+        builder = harness.connect()
+        builder.login()
+        work = builder.idle()
+        log = b"gcc -c foo.c\nfoo.c:1:10: fatal error: Python.h: No " \
+              b"such file or directory\n" + b"\xff" * 1000
+        builder.call(proto.BuildLog, offset=0, data=log)
+        answers = []
+        builder.client.callRemote(
+            proto.Built, package=work["package"], version="1.0",
+            status=False, duration=3.0, reason="", log_size=len(log),
+            log_sha256=hashlib.sha256(log).hexdigest(),
+            files=[]).addBoth(answers.append)
+        builder.pump.flush()
+        assert answers == []  # the reactor is free while the thread works
+        clock.run_from_threads()  # the log checked and decoded
+        builder.pump.flush()
+        builder.pump.flush()
+        assert answers == [{"action": proto.DONE}]
+        clock.run_from_threads()  # classified
+        (build,) = harness.db.logged
+        assert build.output.startswith("gcc -c foo.c") and \
+            build.output.endswith("\ufffd" * 1000)
+        assert build.failure_class != "unknown"
+        assert threads["checked_log"] is not threading.main_thread()
+        assert threads["classify"] is not threading.main_thread()
+    finally:
+        clock.pool.stop()

@@ -45,6 +45,25 @@ from .published_wheels import (DEFAULT_PLATFORM_ALIASES, alias_names,
 MAX_LOG_BYTES = proto.MAX_LOG_BYTES
 
 
+def in_thread(clock, function, *args):
+    """*function* in the reactor's thread pool, or inline where *clock*
+    has none (a ``task.Clock`` in tests)."""
+    get_pool = getattr(clock, "getThreadPool", None)
+    if get_pool is None:
+        return defer.maybeDeferred(function, *args)
+    return threads.deferToThreadPool(clock, get_pool(), function, *args)
+
+
+def checked_log(log, log_size, log_sha256):
+    """The build log's text, or None when *log* is not the whole of what
+    the builder sent (its size and sha256 say).  Up to MAX_LOG_BYTES are
+    hashed and decoded: run in the thread pool."""
+    if len(log) != log_size or \
+            hashlib.sha256(log).hexdigest() != log_sha256:
+        return None
+    return log.decode("utf-8", errors="replace")
+
+
 def load_ticket_key(path):
     """The master's own key for build tickets, kept in *path* (mode 0600,
     created at first use) so that tickets outlive a restart.  Builders
@@ -330,12 +349,26 @@ class BuilderConnection(amp.AMP):
                         "not given", package=package, version=version)
             raise proto.ProtocolViolation(
                 f"{package} {version} is not what this builder was given")
-        if len(self._log) != log_size or \
-                hashlib.sha256(self._log).hexdigest() != log_sha256:
+        # the log is the thread's from here: the next piece starts a new one
+        log, self._log = self._log, bytearray()
+        d = in_thread(self.hub.clock, checked_log, log, log_size, log_sha256)
+        d.addCallback(self._log_checked, entry, status, duration, reason,
+                      files, build_token, failure_class, rescued)
+        return d
+
+    def _log_checked(self, output, entry, status, duration, reason, files,
+                     build_token, failure_class, rescued):
+        """The rest of :meth:`built`, once the log has been checked and
+        decoded away from the reactor."""
+        if output is None:
             raise proto.ProtocolViolation(
                 "the build log did not arrive whole; send it again")
-        output = self._log.decode("utf-8", errors="replace")
-        self._log = bytearray()
+        if self._lost or self.info.entry != entry:
+            # gone meanwhile: the hub has put the build back or kept it for
+            # a reconnection, which reports it again
+            raise proto.ProtocolViolation(
+                f"{entry.package} {entry.version} is no longer this "
+                f"connection's to report")
         if status and not files:
             status, reason = False, "the build succeeded but made no wheel"
         # the ticket stands for a builder that sends no token of its own
