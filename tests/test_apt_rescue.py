@@ -245,6 +245,11 @@ def test_apt_options(not_root, secret_file, tmp_path):
                               "libxslt1-dev", "zlib1g-dev"}
     assert helper.command_for("libffi-dev") == [
         "/usr/local/bin/fake", "-y", "libffi-dev"]
+    templated = parse("--secret-file", str(secret_file), "--no-sandbox",
+                      "--apt-install-command",
+                      "systemctl start piwheels-apt@{package}.service")
+    assert templated["apt"].command_for("libffi-dev") == [
+        "systemctl", "start", "piwheels-apt@libffi-dev.service"]
     default = parse("--secret-file", str(secret_file), "--no-sandbox")["apt"]
     assert default.allowed == frozenset()
     assert default.command_for("zlib1g-dev") == [
@@ -361,3 +366,14 @@ async def test_a_failed_installation_is_said(reactor, tmp_path):
     assert diagnosis == failures.Diagnosis("missing-header", (
         "i2c/smbus.h is in Debian package libi2c-dev (not installed on "
         "this builder; installing it failed: exit status 3)"))
+
+
+def test_apt_allow_in_the_configuration_file(not_root, secret_file, tmp_path):
+    config = tmp_path / "piwheels.conf"
+    config.write_text("[builder]\napt-allow = libffi-dev libxml2-dev,"
+                      " zlib1g-dev\n")
+    options = builder_tap.Options()
+    options.parseOptions(["-c", str(config), "--secret-file",
+                          str(secret_file), "--no-sandbox"])
+    assert options["apt"].allowed == {"libffi-dev", "libxml2-dev",
+                                      "zlib1g-dev"}

@@ -225,7 +225,8 @@ class AptHelper:
     """Looks missing files up and installs allowed packages.
 
     *allowed* are the packages this builder may install; *install_command*
-    the command (a sequence) that installs one, given as its last argument.
+    the command (a sequence) that installs one, named where an argument
+    says ``{package}`` or else as its last argument.
     """
 
     def __init__(self, allowed=(), install_command=DEFAULT_INSTALL_COMMAND,
@@ -289,7 +290,13 @@ class AptHelper:
                     not finding.installed_at)
 
     def command_for(self, package):
-        return [*self.install_command, check_package(package)]
+        """The install command for *package*: ``{package}`` in its
+        arguments replaced by the name, else the name added at the end."""
+        package = check_package(package)
+        if any("{package}" in word for word in self.install_command):
+            return [word.replace("{package}", package)
+                    for word in self.install_command]
+        return [*self.install_command, package]
 
     async def install(self, reactor, package):
         """Run the install command for *package*; its

@@ -115,9 +115,9 @@ class Options(ToolOptions):
          "A file listing more such packages, one or more a line (# starts "
          "a comment)."],
         ["apt-install-command", None, " ".join(DEFAULT_INSTALL_COMMAND),
-         "The command that installs an allowed package, given as its last "
-         "argument (the builder runs unprivileged: allow exactly these "
-         "commands in sudoers)."],
+         "The command that installs an allowed package, named where it "
+         "says {package} or else as its last argument (the builder runs "
+         "unprivileged: allow exactly these commands in sudoers)."],
     ]
 
     optFlags = [
