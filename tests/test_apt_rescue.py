@@ -377,3 +377,28 @@ def test_apt_allow_in_the_configuration_file(not_root, secret_file, tmp_path):
                           str(secret_file), "--no-sandbox"])
     assert options["apt"].allowed == {"libffi-dev", "libxml2-dev",
                                       "zlib1g-dev"}
+
+
+@needs_gcc
+@needs_dpkg
+@pytest_twisted.ensureDeferred
+async def test_no_retry_when_the_installation_used_up_the_timeout(
+        reactor, tmp_path, header_home):
+    url = header_index(tmp_path, "needs-i2c", ALLOWED_HEADER)
+    script = install_script(tmp_path)
+    slow = tmp_path / "slow-apt-get"
+    slow.write_text(f"#!/bin/sh\nsleep 3\nexec {script} \"$@\"\n")
+    slow.chmod(0o755)
+    helper = AptHelper(allowed=[ALLOWED_PACKAGE], install_command=[str(slow)])
+    # MIN_RETRY_SECONDS (30) of a 33-second timeout are gone once the
+    # build and the 3-second installation have run
+    outcome = await run_build_with_rescue(
+        reactor, "needs-i2c", "1.0", url, tmp_path / "build", timeout=33,
+        bwrap=None, apt=helper)
+    assert not outcome.status and not outcome.remedy
+    assert header_home.exists()
+    assert failures.retry_marker("") not in outcome.output
+    assert failures.classify(outcome.output, outcome.reason).hint == (
+        "i2c/smbus.h is in Debian package libi2c-dev, which this builder "
+        "installed after the build failed, too late to retry it: build it "
+        "again")

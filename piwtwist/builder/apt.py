@@ -208,6 +208,10 @@ class Finding:
         if self.package_installed:
             return (f"{what} is in Debian package {self.package}, which is "
                     f"installed on this builder without it")
+        if self.install is not None and self.install.succeeded:
+            return (f"{what} is in Debian package {self.package}, which this "
+                    f"builder installed after the build failed, too late "
+                    f"to retry it: build it again")
         text = (f"{what} is in Debian package {self.package} (not installed "
                 f"on this builder")
         if not self.allowed:

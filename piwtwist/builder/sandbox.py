@@ -573,6 +573,11 @@ async def run_build_with_rescue(reactor, package, version, index_url,
         if timeout:
             left = timeout - (reactor.seconds() - started)
             time_left = left >= MIN_RETRY_SECONDS
+        if not time_left or not may_retry():
+            # installed, but not retried: the next build will find it
+            finding = attrs.evolve(finding, install=result)
+            return attrs.evolve(first, output=first.output + installed
+                                + finding.line())
     if remedy is None or not time_left or not may_retry():
         return first
     second = await start(remedy, left).wait()
