@@ -279,6 +279,27 @@ def test_master_facts_carry_the_statistics_build_totals(harness):
     assert facts["builds_size"] == 123456789
 
 
+def test_master_facts_carry_the_reactor_stalls(harness):
+    from piwtwist.master.stall_detector import StallDetector
+    facts = harness.control.master_facts()
+    assert facts["reactor_stall"] is None  # not measured
+    detector = StallDetector(harness.clock, tick=0.05, interval=60)
+    detector.startService()
+    harness.control.stall_detector = detector
+    try:
+        harness.clock.pump([0.05] * 4)
+        harness.clock.advance(0.3)  # held up 250 ms
+        stalled_at = harness.clock.seconds()
+        harness.clock.pump([0.05] * 4)
+        # (sent over AMP to a subscribing monitor)
+        sent = harness.monitor().subscribe()["master"]
+        assert round(sent["reactor_stall"], 3) == 0.25
+        assert round(sent["reactor_stall_worst"], 3) == 0.25
+        assert sent["reactor_stall_worst_at"] == stalled_at
+    finally:
+        detector.stopService()
+
+
 def test_snapshot_on_subscribe_then_master_facts(harness):
     builder = harness.connect()
     builder.login()

@@ -315,6 +315,31 @@ def test_detail_pane_of_master_and_builder(model, clock):
     assert load.endswith("▃▂▄▅▇█  5.0"), load
 
 
+def test_the_masters_reactor_stalls_in_its_details_and_alerts(model):
+    model.apply(snapshot())
+    detail = widgets.Detail()
+    detail.update(model, model.master)
+    lines = [line.rstrip() for line in text_of(detail, 120)]
+    assert any("Reactor stalls: not measured" in line for line in lines)
+    model.apply({"type": "master", "master": master_facts(
+        reactor_stall=0.012, reactor_stall_worst=0.34,
+        reactor_stall_worst_at=START - 125)})
+    detail.update(model, model.master)
+    lines = [line.rstrip() for line in text_of(detail, 120)]
+    assert any("Reactor stalls: 12 ms in the last minute, worst 340 ms "
+               "(2m05s ago)" in line for line in lines), lines
+    assert model.alerts(model.master) == []
+    model.apply({"type": "master", "master": master_facts(
+        reactor_stall=1.5, reactor_stall_worst=1.5,
+        reactor_stall_worst_at=START)})
+    assert model.alerts(model.master) == ["reactor held up 1.50 s"]
+    detail.update(model, model.master)
+    lines = [line.rstrip() for line in text_of(detail, 120)]
+    assert any(line.endswith("Reactor stalls: 1.50 s in the last minute, "
+                             "worst 1.50 s") for line in lines), lines
+    assert any("ALERT: reactor held up 1.50 s" in line for line in lines)
+
+
 def test_detail_pane_shows_the_class_of_a_builders_last_failure(model):
     model.apply(snapshot(builder_facts(1, "pi-a", last_failure={
         "package": "cffi", "version": "1.0", "reason": "exit status 1",

@@ -75,3 +75,32 @@ async def test_real_reactor_stall_measured(reactor):
         assert 0.25 <= detector.longest < 1.0, detector.longest
     finally:
         detector.stopService()
+
+
+def test_figures_for_monitors_recent_and_worst():
+    """What the control hub shows: the longest stall of the minute under
+    way and the one before, and the longest since the start."""
+    clock = task.Clock()
+    detector = StallDetector(clock, tick=0.05, interval=60, threshold=0.1)
+    detector.startService()
+    assert detector.figures() == {"recent": 0.0, "worst": 0.0,
+                                  "worst_at": None}
+    with Captured():
+        clock.pump([0.05] * 10)
+        clock.advance(0.45)               # held up 400 ms
+        stalled_at = clock.seconds()
+        clock.pump([0.05] * 10)
+        figures = detector.figures()
+        assert abs(figures["recent"] - 0.4) < 1e-9
+        assert abs(figures["worst"] - 0.4) < 1e-9
+        assert figures["worst_at"] == stalled_at
+        clock.pump([0.05] * 1200)         # the next minute: still recent
+        assert abs(detector.recent() - 0.4) < 1e-9
+        clock.advance(0.15)               # 100 ms in this minute
+        clock.pump([0.05] * 1300)         # two minutes on: forgotten
+        assert abs(detector.recent() - 0.1) < 1e-9
+        clock.pump([0.05] * 1300)
+        assert detector.recent() == 0.0
+    assert abs(detector.figures()["worst"] - 0.4) < 1e-9
+    detector.stopService()
+    assert not clock.getDelayedCalls()

@@ -242,6 +242,8 @@ class ControlHub(service.Service):
     wheel's transfer got; *stop_master* stops the master as SIGTERM would
     (``reactor.stop``).  *sample_machine* (blocking, run in the thread
     pool when the clock has one) returns the master machine's figures.
+    *stall_detector* (a :class:`~piwtwist.master.stall_detector.
+    StallDetector`) tells how long the reactor was last held up.
     """
 
     log = Logger()
@@ -252,8 +254,9 @@ class ControlHub(service.Service):
                  stop_master=None, refresh_interval=2.0,
                  figures_interval=10.0, coalesce_delay=0.2,
                  hello_timeout=30.0, sample_machine=sample_machine,
-                 host=None, statistics=None):
+                 host=None, statistics=None, stall_detector=None):
         self.builder_hub = builder_hub
+        self.stall_detector = stall_detector
         #: the site statistics service, for all-time build time and size
         self.statistics = statistics
         self.queue = queue
@@ -490,6 +493,11 @@ class ControlHub(service.Service):
             "last_build_at": self._last_build_at,
         }
         facts["builds_time"], facts["builds_size"] = self._build_totals()
+        stalls = self.stall_detector.figures() \
+            if self.stall_detector is not None else {}
+        facts["reactor_stall"] = stalls.get("recent")
+        facts["reactor_stall_worst"] = stalls.get("worst")
+        facts["reactor_stall_worst_at"] = stalls.get("worst_at")
         for key in ("disk_total", "disk_free", "load", "cpu_count",
                     "mem_total", "mem_free", "swap_total", "swap_free",
                     "cpu_temperature"):

@@ -9,6 +9,7 @@ that come before, so that an operator sees them in the log.
 A timer asks to run every ``tick`` seconds; how late it runs is how long
 the reactor was busy with something else.  Each ``interval`` the longest
 delay seen is logged (a warning above ``threshold``) and starts again.
+:meth:`figures` gives monitors the recent and the worst stall.
 """
 
 from twisted.application import service
@@ -35,6 +36,9 @@ class StallDetector(service.Service):
         self.longest = 0.0
         #: the longest stall of the last complete interval
         self.last_longest = None
+        #: the longest stall since the service started, and when it ended
+        self.worst = 0.0
+        self.worst_at = None
         self._due = None
         self._interval_started = None
         self._call = None
@@ -43,7 +47,19 @@ class StallDetector(service.Service):
         super().startService()
         self._interval_started = self.clock.seconds()
         self.longest = 0.0
+        self.worst, self.worst_at = 0.0, None
         self._schedule()
+
+    def recent(self):
+        """The longest stall (seconds) of the interval under way and the
+        last complete one: what the last minute or two have seen."""
+        return max(self.longest, self.last_longest or 0.0)
+
+    def figures(self):
+        """For monitors: ``recent`` (:meth:`recent`), ``worst`` since the
+        start and ``worst_at`` (when it ended, clock time), in seconds."""
+        return {"recent": self.recent(), "worst": self.worst,
+                "worst_at": self.worst_at}
 
     def stopService(self):
         super().stopService()
@@ -58,7 +74,10 @@ class StallDetector(service.Service):
     def _ticked(self):
         self._call = None
         now = self.clock.seconds()
-        self.longest = max(self.longest, now - self._due)
+        stall = now - self._due
+        self.longest = max(self.longest, stall)
+        if stall > self.worst:
+            self.worst, self.worst_at = stall, now
         if now - self._interval_started >= self.interval:
             self._report(now - self._interval_started)
             self._interval_started = now

@@ -249,7 +249,7 @@ class MasterService(service.MultiService):
             secret=options["secret"], output_path=output,
             abis=options["build-abi"], follower=self.follower,
             receiver=self.receiver, stop_master=self._terminate,
-            statistics=self.statistics)
+            statistics=self.statistics, stall_detector=self.stall_detector)
         self.control.setServiceParent(self.dependents)
         control_queue = options["control-queue"]
         strports.service(

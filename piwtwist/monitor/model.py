@@ -17,6 +17,9 @@ HISTORY_SECONDS = 600.0
 MASTER_SILENT_SECONDS = 30.0
 #: No build finished for this long while work waits: something is wrong.
 NO_BUILDS_SECONDS = 3600.0
+#: A master whose reactor was held up this long recently: every builder
+#: and monitor waited (systemd's watchdog restarts it at a minute or so).
+REACTOR_STALL_ALERT_SECONDS = 1.0
 #: A disconnected builder stays on screen (as dead) this long.
 GONE_SHOWN_SECONDS = 300.0
 #: Alert thresholds.
@@ -261,6 +264,9 @@ class Model:
         if waiting and not built and since is not None and \
                 self.master_now() - since > NO_BUILDS_SECONDS:
             alerts.append("no build finished in the last hour")
+        stall = data.get("reactor_stall")
+        if stall is not None and stall >= REACTOR_STALL_ALERT_SECONDS:
+            alerts.append(f"reactor held up {milliseconds(stall)}")
         alerts += _machine_alerts(
             disk=(data.get("disk_free"), data.get("disk_total")),
             memory=(data.get("mem_free"), data.get("mem_total")),
@@ -371,6 +377,13 @@ def _machine_alerts(disk, memory, swap, load, cores, temperature):
     if temperature is not None and temperature > MAX_TEMPERATURE:
         alerts.append(f"{temperature:.0f}°C")
     return alerts
+
+
+def milliseconds(seconds):
+    """A short time that may be under a second: 12 ms, 1.25 s."""
+    if seconds is None:
+        return "?"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def duration(seconds):

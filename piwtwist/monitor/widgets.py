@@ -213,6 +213,7 @@ def detail_lines(model, row):
                           data.get("mem_free"), data.get("mem_total"),
                           data.get("swap_free"), data.get("swap_total"),
                           data.get("cpu_temperature")),
+            _stall_line(model, data),
         ]
     else:
         stats = data.get("stats") or {}
@@ -247,6 +248,22 @@ def detail_lines(model, row):
     if alerts:
         lines.append("ALERT: " + "; ".join(alerts))
     return lines
+
+
+def _stall_line(model, data):
+    """How long the master's reactor was held up (every builder, monitor
+    and admin tool waits meanwhile)."""
+    recent = data.get("reactor_stall")
+    if recent is None:
+        return "Reactor stalls: not measured"
+    line = f"Reactor stalls: {m.milliseconds(recent)} in the last minute"
+    worst = data.get("reactor_stall_worst")
+    if worst is not None:
+        line += f", worst {m.milliseconds(worst)}"
+        worst_at = data.get("reactor_stall_worst_at")
+        if worst_at is not None and worst > recent:
+            line += f" ({_when(model, worst_at)})"
+    return line
 
 
 def _machine_line(load, cores, mem_free, mem_total, swap_free, swap_total,

@@ -59,6 +59,10 @@ count}), ``downloads_last_hour`` (None where the database cannot say),
 ``builds_time`` and ``builds_size`` (every build's duration and every
 built file's size, all time, as the site statistics last counted them;
 None until then),
+``reactor_stall`` (seconds: the longest the master's reactor was held up
+in the minute under way and the one before), ``reactor_stall_worst`` and
+``reactor_stall_worst_at`` (the longest since the master started, and the
+time it ended; all None where the master does not measure them),
 ``disk_total``, ``disk_free`` (the output tree's file system), ``load``
 ([1, 5, 15 minute]), ``cpu_count``, ``mem_total``, ``mem_free``,
 ``swap_total``, ``swap_free``, ``cpu_temperature``.
