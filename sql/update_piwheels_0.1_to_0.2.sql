@@ -133,6 +133,54 @@ CREATE TABLE download_clients_daily (
         PRIMARY KEY (day, installer, python, distro, arch)
 );
 
+-- statistics_counters: get_statistics()'s figures about packages, versions,
+-- builds, files and all-time downloads, kept up to date by the triggers
+-- under "Statistics counters" below, so that no figure counts the largest
+-- tables.  A figure is the sum of its column over every slot: a change to
+-- a package goes to the slot of its name's hash (0-63), so that builds of
+-- different packages recorded at once seldom wait for the same row;
+-- downloads go to slot 64, which only the hit recorder writes
+CREATE TABLE statistics_counters (
+    slot           SMALLINT NOT NULL,
+    packages       BIGINT DEFAULT 0 NOT NULL,
+    packages_built BIGINT DEFAULT 0 NOT NULL,
+    versions       BIGINT DEFAULT 0 NOT NULL,
+    versions_tried BIGINT DEFAULT 0 NOT NULL,
+    builds         BIGINT DEFAULT 0 NOT NULL,
+    builds_success BIGINT DEFAULT 0 NOT NULL,
+    builds_time    INTERVAL DEFAULT '0' NOT NULL,
+    files          BIGINT DEFAULT 0 NOT NULL,
+    files_size     BIGINT DEFAULT 0 NOT NULL,
+    downloads      BIGINT DEFAULT 0 NOT NULL,
+
+    CONSTRAINT statistics_counters_pk PRIMARY KEY (slot),
+    CONSTRAINT statistics_counters_slot_ck CHECK (slot BETWEEN 0 AND 64)
+);
+
+-- package_counters: what each package adds to statistics_counters: whether
+-- it is skipped, how many of its versions are not, how many have a build,
+-- and its successful builds.  Every change to a package's versions or
+-- builds locks its row, so that changes to one package made at once are
+-- counted one after the other
+CREATE TABLE package_counters (
+    package        VARCHAR(200) NOT NULL,
+    skipped        BOOLEAN NOT NULL,
+    versions       INTEGER DEFAULT 0 NOT NULL,
+    versions_tried INTEGER DEFAULT 0 NOT NULL,
+    builds_success INTEGER DEFAULT 0 NOT NULL,
+
+    CONSTRAINT package_counters_pk PRIMARY KEY (package)
+);
+
+-- download_counters: every project's downloads per UTC day (the sums of
+-- downloads_daily), for the last month's figure
+CREATE TABLE download_counters (
+    day       DATE NOT NULL,
+    downloads BIGINT NOT NULL,
+
+    CONSTRAINT download_counters_pk PRIMARY KEY (day)
+);
+
 -- hit_batches: the batches of hits recorded lately, so that a batch sent
 -- again (its acknowledgement was lost with the connection) is not counted
 -- twice
@@ -1326,6 +1374,478 @@ AS $sql$
         (left(page_name, 100), host, at, left(agent, 2000), is_bot)
 $sql$;
 
+-------------------------------------------------------------------------------
+-- Statistics counters
+-------------------------------------------------------------------------------
+
+-- statistics_slot: the row of statistics_counters a package's changes go
+-- to (any row would do for the figures: only the sums are read)
+CREATE FUNCTION statistics_slot(pkg VARCHAR) RETURNS SMALLINT
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $sql$
+    SELECT (hashtext(pkg) & 63)::SMALLINT
+$sql$;
+
+-- add_statistics: add changes to one slot of statistics_counters.  Only
+-- the triggers below may (a direct call is refused), and they add slot by
+-- slot in ascending order, so that two transactions never wait for each
+-- other's slots in opposite orders
+CREATE FUNCTION add_statistics(
+    to_slot SMALLINT, packages BIGINT DEFAULT 0,
+    packages_built BIGINT DEFAULT 0, versions BIGINT DEFAULT 0,
+    versions_tried BIGINT DEFAULT 0, builds BIGINT DEFAULT 0,
+    builds_success BIGINT DEFAULT 0, builds_time INTERVAL DEFAULT '0',
+    files BIGINT DEFAULT 0, files_size BIGINT DEFAULT 0,
+    downloads BIGINT DEFAULT 0
+) RETURNS VOID
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+BEGIN
+    IF pg_trigger_depth() = 0 THEN
+        RAISE EXCEPTION 'only the statistics triggers change the counters'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF (packages, packages_built, versions, versions_tried, builds,
+        builds_success, builds_time, files, files_size, downloads)
+       = (0, 0, 0, 0, 0, 0, INTERVAL '0', 0, 0, 0) THEN
+        RETURN;
+    END IF;
+    UPDATE statistics_counters c
+    SET packages = c.packages + add_statistics.packages,
+        packages_built = c.packages_built + add_statistics.packages_built,
+        versions = c.versions + add_statistics.versions,
+        versions_tried = c.versions_tried + add_statistics.versions_tried,
+        builds = c.builds + add_statistics.builds,
+        builds_success = c.builds_success + add_statistics.builds_success,
+        builds_time = c.builds_time + add_statistics.builds_time,
+        files = c.files + add_statistics.files,
+        files_size = c.files_size + add_statistics.files_size,
+        downloads = c.downloads + add_statistics.downloads
+    WHERE c.slot = to_slot;
+END;
+$plpgsql$;
+
+-- count_package_change: a package added, removed, renamed, skipped or
+-- unskipped: its row of package_counters follows, and what the row adds
+-- to the figures changes by the difference
+CREATE FUNCTION count_package_change() RETURNS TRIGGER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+DECLARE
+    was package_counters;
+    becomes package_counters;
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        DELETE FROM package_counters WHERE package = OLD.package
+        RETURNING * INTO was;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO package_counters (package, skipped, versions,
+                                      versions_tried, builds_success)
+        VALUES (NEW.package, NEW.skip <> '', COALESCE(was.versions, 0),
+                COALESCE(was.versions_tried, 0),
+                COALESCE(was.builds_success, 0))
+        RETURNING * INTO becomes;
+    END IF;
+    PERFORM add_statistics(
+        statistics_slot(COALESCE(becomes.package, OLD.package)),
+        packages => COALESCE((NOT becomes.skipped)::INTEGER, 0)
+                    - COALESCE((NOT was.skipped)::INTEGER, 0),
+        versions => COALESCE(CASE WHEN becomes.skipped THEN 0
+                                  ELSE becomes.versions END, 0)
+                    - COALESCE(CASE WHEN was.skipped THEN 0
+                                    ELSE was.versions END, 0),
+        packages_built => COALESCE((becomes.builds_success > 0)::INTEGER, 0)
+                          - COALESCE((was.builds_success > 0)::INTEGER, 0),
+        versions_tried => COALESCE(becomes.versions_tried, 0)
+                          - COALESCE(was.versions_tried, 0));
+    RETURN NULL;
+END;
+$plpgsql$;
+
+CREATE TRIGGER packages_counted AFTER INSERT OR DELETE ON packages
+    FOR EACH ROW EXECUTE FUNCTION count_package_change();
+CREATE TRIGGER packages_recounted AFTER UPDATE OF package, skip ON packages
+    FOR EACH ROW
+    WHEN (OLD.package <> NEW.package OR (OLD.skip = '') <> (NEW.skip = ''))
+    EXECUTE FUNCTION count_package_change();
+
+-- count_version_changes: versions added or removed (a statement's at
+-- once), or skipped, unskipped or moved (row by row): each package's count
+-- of versions not skipped, and the figure when the package is not skipped.
+-- A package being removed has lost its row already or loses it after its
+-- versions; either way its versions leave the figure once.
+CREATE FUNCTION count_version_changes() RETURNS TRIGGER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+DECLARE
+    pkgs VARCHAR[];
+    changes INTEGER[];
+    slots SMALLINT[];
+    counts BIGINT[];
+    r RECORD;
+BEGIN
+    IF TG_LEVEL = 'ROW' THEN
+        pkgs := ARRAY[OLD.package, NEW.package];
+        changes := ARRAY[-(OLD.skip = '')::INTEGER, (NEW.skip = '')::INTEGER];
+    ELSIF TG_OP = 'INSERT' THEN
+        SELECT array_agg(v.package), array_agg((v.skip = '')::INTEGER)
+        INTO pkgs, changes FROM come v;
+    ELSE
+        SELECT array_agg(v.package), array_agg(-(v.skip = '')::INTEGER)
+        INTO pkgs, changes FROM gone v;
+    END IF;
+
+    -- the packages' rows in order, so that no two statements lock them in
+    -- opposite orders
+    PERFORM 1 FROM package_counters pc
+    WHERE pc.package = ANY(pkgs) ORDER BY pc.package FOR UPDATE;
+
+    WITH counted AS (
+        UPDATE package_counters pc
+        SET versions = pc.versions + d.n
+        FROM (SELECT u.package, SUM(u.n)::INTEGER AS n
+              FROM unnest(pkgs, changes) AS u(package, n)
+              GROUP BY u.package) AS d
+        WHERE pc.package = d.package AND d.n <> 0
+        RETURNING statistics_slot(pc.package) AS slot,
+                  CASE WHEN pc.skipped THEN 0 ELSE d.n END AS n
+    )
+    SELECT array_agg(s.slot ORDER BY s.slot), array_agg(s.n ORDER BY s.slot)
+    INTO slots, counts
+    FROM (SELECT c.slot, SUM(c.n)::BIGINT AS n
+          FROM counted c GROUP BY c.slot) AS s;
+
+    FOR r IN
+        SELECT u.slot, u.n FROM unnest(slots, counts) AS u(slot, n)
+        ORDER BY u.slot
+    LOOP
+        PERFORM add_statistics(r.slot, versions => r.n);
+    END LOOP;
+    RETURN NULL;
+END;
+$plpgsql$;
+
+CREATE TRIGGER versions_added AFTER INSERT ON versions
+    REFERENCING NEW TABLE AS come
+    FOR EACH STATEMENT EXECUTE FUNCTION count_version_changes();
+CREATE TRIGGER versions_removed AFTER DELETE ON versions
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION count_version_changes();
+CREATE TRIGGER versions_recounted AFTER UPDATE OF package, skip ON versions
+    FOR EACH ROW
+    WHEN (OLD.package <> NEW.package OR (OLD.skip = '') <> (NEW.skip = ''))
+    EXECUTE FUNCTION count_version_changes();
+
+-- count_build_changes: builds added, removed or changed, a statement's at
+-- once: the build figures, and for each package its successful builds and
+-- its versions with any build.  Whether a version had a build before and
+-- has one now is counted after the package's row is locked, with a fresh
+-- snapshot, so that a build of the same package recorded meanwhile by
+-- another transaction has committed and is seen.
+CREATE FUNCTION count_build_changes() RETURNS TRIGGER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+DECLARE
+    added builds[] := '{}';
+    removed builds[] := '{}';
+    built BIGINT;
+    r RECORD;
+BEGIN
+    IF TG_OP <> 'DELETE' THEN
+        added := ARRAY(SELECT b FROM come b);
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        removed := ARRAY(SELECT b FROM gone b);
+    END IF;
+    -- most updates (failure classes) change nothing counted
+    IF TG_OP = 'UPDATE' AND NOT EXISTS (
+        (SELECT b.package, b.version, b.status, b.duration
+         FROM unnest(added) b
+         EXCEPT ALL
+         SELECT b.package, b.version, b.status, b.duration
+         FROM unnest(removed) b)
+        UNION ALL
+        (SELECT b.package, b.version, b.status, b.duration
+         FROM unnest(removed) b
+         EXCEPT ALL
+         SELECT b.package, b.version, b.status, b.duration
+         FROM unnest(added) b)) THEN
+        RETURN NULL;
+    END IF;
+
+    PERFORM 1 FROM package_counters pc
+    WHERE pc.package IN (SELECT b.package FROM unnest(added || removed) b)
+    ORDER BY pc.package FOR UPDATE;
+
+    FOR r IN
+        WITH changes AS (
+            SELECT b.package, b.version, 1 AS n, b.status, b.duration
+            FROM unnest(added) b
+            UNION ALL
+            SELECT b.package, b.version, -1, b.status, -b.duration
+            FROM unnest(removed) b
+        ), releases AS (
+            SELECT c.package, c.version, SUM(c.n) AS n
+            FROM changes c GROUP BY c.package, c.version
+        ), tried AS (
+            -- releases with a build now, less those with one before
+            SELECT rel.package,
+                   SUM((x.n > 0)::INTEGER - (x.n - rel.n > 0)::INTEGER)
+                       AS versions_tried
+            FROM releases rel
+            CROSS JOIN LATERAL (
+                SELECT COUNT(*) AS n FROM builds b
+                WHERE b.package = rel.package AND b.version = rel.version
+            ) AS x
+            GROUP BY rel.package
+        )
+        SELECT c.package, t.versions_tried, SUM(c.n) AS builds,
+               COALESCE(SUM(c.n) FILTER (WHERE c.status), 0) AS successes,
+               SUM(c.duration) AS builds_time
+        FROM changes c JOIN tried t ON t.package = c.package
+        GROUP BY c.package, t.versions_tried
+        ORDER BY statistics_slot(c.package), c.package
+    LOOP
+        WITH counted AS (
+            UPDATE package_counters pc
+            SET builds_success = pc.builds_success + r.successes,
+                versions_tried = pc.versions_tried + r.versions_tried
+            WHERE pc.package = r.package
+            RETURNING (pc.builds_success > 0)::INTEGER
+                      - (pc.builds_success - r.successes > 0)::INTEGER
+                      AS built
+        )
+        SELECT c.built INTO built FROM counted c;
+        -- a package removed in this transaction took its share of
+        -- packages_built and versions_tried with its row
+        PERFORM add_statistics(
+            statistics_slot(r.package),
+            packages_built => COALESCE(built, 0),
+            versions_tried => CASE WHEN built IS NULL THEN 0
+                                   ELSE r.versions_tried END,
+            builds => r.builds, builds_success => r.successes,
+            builds_time => r.builds_time);
+    END LOOP;
+    RETURN NULL;
+END;
+$plpgsql$;
+
+CREATE TRIGGER builds_added AFTER INSERT ON builds
+    REFERENCING NEW TABLE AS come
+    FOR EACH STATEMENT EXECUTE FUNCTION count_build_changes();
+CREATE TRIGGER builds_changed AFTER UPDATE ON builds
+    REFERENCING OLD TABLE AS gone NEW TABLE AS come
+    FOR EACH STATEMENT EXECUTE FUNCTION count_build_changes();
+CREATE TRIGGER builds_removed AFTER DELETE ON builds
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION count_build_changes();
+
+-- count_file_changes: files added, removed or changed, a statement's at
+-- once, each in the slot of the project its name belongs to (its build's
+-- package, as the master checks before recording it)
+CREATE FUNCTION count_file_changes() RETURNS TRIGGER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+DECLARE
+    added files[] := '{}';
+    removed files[] := '{}';
+    r RECORD;
+BEGIN
+    IF TG_OP <> 'DELETE' THEN
+        added := ARRAY(SELECT f FROM come f);
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        removed := ARRAY(SELECT f FROM gone f);
+    END IF;
+    FOR r IN
+        SELECT statistics_slot(lower(regexp_replace(c.package_tag, '[-_.]+',
+                                                    '-', 'g'))) AS slot,
+               SUM(c.n)::BIGINT AS files, SUM(c.filesize)::BIGINT AS size
+        FROM (SELECT f.package_tag, 1 AS n, f.filesize FROM unnest(added) f
+              UNION ALL
+              SELECT f.package_tag, -1, -f.filesize FROM unnest(removed) f
+             ) AS c
+        GROUP BY 1
+        ORDER BY 1
+    LOOP
+        PERFORM add_statistics(r.slot, files => r.files,
+                               files_size => r.size);
+    END LOOP;
+    RETURN NULL;
+END;
+$plpgsql$;
+
+CREATE TRIGGER files_added AFTER INSERT ON files
+    REFERENCING NEW TABLE AS come
+    FOR EACH STATEMENT EXECUTE FUNCTION count_file_changes();
+CREATE TRIGGER files_changed AFTER UPDATE ON files
+    REFERENCING OLD TABLE AS gone NEW TABLE AS come
+    FOR EACH STATEMENT EXECUTE FUNCTION count_file_changes();
+CREATE TRIGGER files_removed AFTER DELETE ON files
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION count_file_changes();
+
+-- count_download_changes: downloads_daily's changes, a statement's at
+-- once, into each day's total; download_totals' into the all-time figure.
+-- log_hits already makes its batches wait for each other on the day's
+-- rows, so these rows cost them no more waiting.
+CREATE FUNCTION count_download_changes() RETURNS TRIGGER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+DECLARE
+    days DATE[] := '{}';
+    counts BIGINT[] := '{}';
+    total BIGINT := 0;
+BEGIN
+    IF TG_TABLE_NAME = 'download_totals' THEN
+        IF TG_OP <> 'DELETE' THEN
+            SELECT total + COALESCE(SUM(t.downloads), 0) INTO total
+            FROM come t;
+        END IF;
+        IF TG_OP <> 'INSERT' THEN
+            SELECT total - COALESCE(SUM(t.downloads), 0) INTO total
+            FROM gone t;
+        END IF;
+        PERFORM add_statistics(64::SMALLINT, downloads => total);
+        RETURN NULL;
+    END IF;
+
+    IF TG_OP <> 'DELETE' THEN
+        SELECT days || array_agg(d.day), counts || array_agg(d.downloads)
+        INTO days, counts FROM come d;
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        SELECT days || array_agg(d.day), counts || array_agg(-d.downloads)
+        INTO days, counts FROM gone d;
+    END IF;
+    INSERT INTO download_counters AS c (day, downloads)
+    SELECT u.day, SUM(u.n) FROM unnest(days, counts) AS u(day, n)
+    GROUP BY u.day HAVING SUM(u.n) <> 0
+    ORDER BY u.day
+    ON CONFLICT ON CONSTRAINT download_counters_pk DO UPDATE
+    SET downloads = c.downloads + EXCLUDED.downloads;
+    RETURN NULL;
+END;
+$plpgsql$;
+
+CREATE TRIGGER downloads_daily_added AFTER INSERT ON downloads_daily
+    REFERENCING NEW TABLE AS come
+    FOR EACH STATEMENT EXECUTE FUNCTION count_download_changes();
+CREATE TRIGGER downloads_daily_changed AFTER UPDATE ON downloads_daily
+    REFERENCING OLD TABLE AS gone NEW TABLE AS come
+    FOR EACH STATEMENT EXECUTE FUNCTION count_download_changes();
+CREATE TRIGGER downloads_daily_removed AFTER DELETE ON downloads_daily
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION count_download_changes();
+CREATE TRIGGER download_totals_added AFTER INSERT ON download_totals
+    REFERENCING NEW TABLE AS come
+    FOR EACH STATEMENT EXECUTE FUNCTION count_download_changes();
+CREATE TRIGGER download_totals_changed AFTER UPDATE ON download_totals
+    REFERENCING OLD TABLE AS gone NEW TABLE AS come
+    FOR EACH STATEMENT EXECUTE FUNCTION count_download_changes();
+CREATE TRIGGER download_totals_removed AFTER DELETE ON download_totals
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION count_download_changes();
+
+-- recount_statistics: count every counter again from the tables
+-- themselves, writers waiting meanwhile.  The schema scripts fill the
+-- counters with it; piw-rebuild or a test may check them with it.
+-- Returns whether the counters kept agreed with the count.
+CREATE FUNCTION recount_statistics() RETURNS BOOLEAN
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+DECLARE
+    kept statistics_counters;
+    fresh statistics_counters;
+    agreed BOOLEAN;
+BEGIN
+    LOCK TABLE packages, versions, builds, files, downloads_daily,
+               download_totals IN SHARE MODE;
+    LOCK TABLE statistics_counters, package_counters, download_counters
+        IN EXCLUSIVE MODE;
+
+    DROP TABLE IF EXISTS pg_temp.counted_packages;
+    CREATE TEMPORARY TABLE counted_packages ON COMMIT DROP AS
+    SELECT p.package, p.skip <> '' AS skipped,
+           COALESCE(v.n, 0)::INTEGER AS versions,
+           COALESCE(b.tried, 0)::INTEGER AS versions_tried,
+           COALESCE(b.successes, 0)::INTEGER AS builds_success
+    FROM packages p
+    LEFT JOIN (SELECT v.package, COUNT(*) AS n
+               FROM versions v WHERE v.skip = ''
+               GROUP BY v.package) AS v ON v.package = p.package
+    LEFT JOIN (SELECT b.package, COUNT(DISTINCT b.version) AS tried,
+                      COUNT(*) FILTER (WHERE b.status) AS successes
+               FROM builds b
+               GROUP BY b.package) AS b ON b.package = p.package;
+
+    SELECT 0, COUNT(*) FILTER (WHERE NOT c.skipped),
+           COUNT(*) FILTER (WHERE c.builds_success > 0),
+           COALESCE(SUM(c.versions) FILTER (WHERE NOT c.skipped), 0),
+           COALESCE(SUM(c.versions_tried), 0),
+           (SELECT COUNT(*) FROM builds),
+           (SELECT COUNT(*) FROM builds WHERE status),
+           (SELECT COALESCE(SUM(duration), INTERVAL '0') FROM builds),
+           (SELECT COUNT(*) FROM files),
+           (SELECT COALESCE(SUM(filesize), 0) FROM files),
+           (SELECT COALESCE(SUM(downloads), 0) FROM download_totals)
+    INTO fresh
+    FROM pg_temp.counted_packages c;
+
+    SELECT 0, SUM(c.packages), SUM(c.packages_built), SUM(c.versions),
+           SUM(c.versions_tried), SUM(c.builds), SUM(c.builds_success),
+           SUM(c.builds_time), SUM(c.files), SUM(c.files_size),
+           SUM(c.downloads)
+    INTO kept
+    FROM statistics_counters c;
+
+    SELECT kept IS NOT DISTINCT FROM fresh
+       AND NOT EXISTS (
+           (SELECT * FROM pg_temp.counted_packages
+            EXCEPT ALL SELECT * FROM package_counters)
+           UNION ALL
+           (SELECT * FROM package_counters
+            EXCEPT ALL SELECT * FROM pg_temp.counted_packages))
+       AND NOT EXISTS (
+           (SELECT d.day, SUM(d.downloads) FROM downloads_daily d
+            GROUP BY d.day HAVING SUM(d.downloads) <> 0
+            EXCEPT ALL
+            SELECT c.day, c.downloads FROM download_counters c
+            WHERE c.downloads <> 0)
+           UNION ALL
+           (SELECT c.day, c.downloads FROM download_counters c
+            WHERE c.downloads <> 0
+            EXCEPT ALL
+            SELECT d.day, SUM(d.downloads) FROM downloads_daily d
+            GROUP BY d.day HAVING SUM(d.downloads) <> 0))
+    INTO agreed;
+
+    TRUNCATE package_counters, statistics_counters, download_counters;
+    INSERT INTO package_counters SELECT * FROM pg_temp.counted_packages;
+    INSERT INTO statistics_counters (slot)
+    SELECT generate_series(0, 64);
+    fresh.slot := 0;
+    UPDATE statistics_counters c
+    SET (packages, packages_built, versions, versions_tried, builds,
+         builds_success, builds_time, files, files_size) =
+        (fresh.packages, fresh.packages_built, fresh.versions,
+         fresh.versions_tried, fresh.builds, fresh.builds_success,
+         fresh.builds_time, fresh.files, fresh.files_size)
+    WHERE c.slot = 0;
+    UPDATE statistics_counters c SET downloads = fresh.downloads
+    WHERE c.slot = 64;
+    INSERT INTO download_counters (day, downloads)
+    SELECT d.day, SUM(d.downloads) FROM downloads_daily d GROUP BY d.day;
+    DROP TABLE pg_temp.counted_packages;
+    RETURN agreed;
+END;
+$plpgsql$;
+
+SELECT recount_statistics();
+
+-- get_statistics: the figures of the home page, the statistics page and
+-- the monitors, from the counters above; only the builds of the last hour
+-- are counted, on the recent end of builds_built_at
 CREATE FUNCTION get_statistics()
 RETURNS TABLE (
     packages_count BIGINT, packages_built BIGINT, versions_count BIGINT,
@@ -1336,22 +1856,22 @@ RETURNS TABLE (
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
 AS $sql$
     SELECT
-        (SELECT COUNT(*) FROM packages WHERE skip = ''),
-        (SELECT COUNT(DISTINCT b.package)
-         FROM builds b WHERE b.status),
-        (SELECT COUNT(*) FROM packages p JOIN versions v USING (package)
-         WHERE p.skip = '' AND v.skip = ''),
-        (SELECT COUNT(*) FROM (SELECT DISTINCT package, version FROM builds) t),
-        (SELECT COUNT(*) FROM builds),
-        (SELECT COUNT(*) FROM builds WHERE status),
-        (SELECT COUNT(*) FROM builds
-         WHERE built_at > CURRENT_TIMESTAMP - INTERVAL '1 hour'),
-        (SELECT COALESCE(SUM(duration), INTERVAL '0') FROM builds),
-        (SELECT COUNT(*) FROM files),
-        (SELECT COALESCE(SUM(filesize), 0)::BIGINT FROM files),
-        (SELECT COALESCE(SUM(d.downloads), 0)::BIGINT FROM downloads_daily d
+        COALESCE(SUM(c.packages), 0)::BIGINT,
+        COALESCE(SUM(c.packages_built), 0)::BIGINT,
+        COALESCE(SUM(c.versions), 0)::BIGINT,
+        COALESCE(SUM(c.versions_tried), 0)::BIGINT,
+        COALESCE(SUM(c.builds), 0)::BIGINT,
+        COALESCE(SUM(c.builds_success), 0)::BIGINT,
+        (SELECT COUNT(*) FROM builds b
+         WHERE b.built_at > CURRENT_TIMESTAMP - INTERVAL '1 hour'),
+        COALESCE(SUM(c.builds_time), INTERVAL '0'),
+        COALESCE(SUM(c.files), 0)::BIGINT,
+        COALESCE(SUM(c.files_size), 0)::BIGINT,
+        (SELECT COALESCE(SUM(d.downloads), 0)::BIGINT
+         FROM download_counters d
          WHERE d.day > (CURRENT_TIMESTAMP AT TIME ZONE 'UTC')::DATE - 30),
-        (SELECT COALESCE(SUM(t.downloads), 0)::BIGINT FROM download_totals t)
+        COALESCE(SUM(c.downloads), 0)::BIGINT
+    FROM statistics_counters c
 $sql$;
 
 CREATE FUNCTION get_queue_lengths()
