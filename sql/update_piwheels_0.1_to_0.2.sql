@@ -2143,9 +2143,8 @@ $sql$;
 -- get_search_index_chunks: the search index (get_search_index's rows in
 -- its order) as the text of packages.json, chunk_size entries a row: each
 -- row holds comma-separated JSON arrays [package, description, downloads
--- in the last 30 days, downloads of all time] and how many it holds.  The
--- master reads the rows through a cursor, a few at a time, so that no
--- single answer is large.
+-- in the last 30 days, downloads of all time] and how many it holds
+-- (prepare_search_index keeps them for the master to read a few at a time).
 CREATE FUNCTION get_search_index_chunks(chunk_size INTEGER)
 RETURNS TABLE (chunk BIGINT, entries INTEGER, packages_json TEXT)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
@@ -2161,6 +2160,53 @@ AS $sql$
     ) s
     GROUP BY 1
     ORDER BY 1
+$sql$;
+
+-- search_index_chunks: the text of packages.json as prepare_search_index
+-- last made it, read back a few chunks a query, so that no answer the
+-- master receives is large and no transaction spans the reading.  A cache
+-- rebuilt on demand: UNLOGGED, never worth the WAL of tens of megabytes
+-- every few minutes
+CREATE UNLOGGED TABLE search_index_chunks (
+    chunk         INTEGER NOT NULL,
+    entries       INTEGER NOT NULL,
+    packages_json TEXT NOT NULL,
+
+    CONSTRAINT search_index_chunks_pk PRIMARY KEY (chunk)
+);
+
+-- prepare_search_index: make the search index's text anew (see
+-- get_search_index_chunks) and keep it in search_index_chunks; returns how
+-- many chunks and entries it holds
+CREATE FUNCTION prepare_search_index(chunk_size INTEGER)
+RETURNS TABLE (chunks INTEGER, entries BIGINT)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+BEGIN
+    IF chunk_size IS NULL OR chunk_size < 1 THEN
+        RAISE EXCEPTION 'chunk_size must be at least 1, not %', chunk_size;
+    END IF;
+    TRUNCATE search_index_chunks;
+    INSERT INTO search_index_chunks (chunk, entries, packages_json)
+    SELECT c.chunk, c.entries, c.packages_json
+    FROM get_search_index_chunks(chunk_size) c;
+    RETURN QUERY
+    SELECT COUNT(*)::INTEGER, COALESCE(SUM(s.entries), 0)::BIGINT
+    FROM search_index_chunks s;
+END;
+$plpgsql$;
+
+-- get_search_index_text: up to lim chunks of the prepared search index
+-- from chunk "first" (counting from 0), in order
+CREATE FUNCTION get_search_index_text(first INTEGER, lim INTEGER)
+RETURNS TABLE (chunk INTEGER, entries INTEGER, packages_json TEXT)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $sql$
+    SELECT s.chunk, s.entries, s.packages_json
+    FROM search_index_chunks s
+    WHERE s.chunk >= first
+    ORDER BY s.chunk
+    LIMIT lim
 $sql$;
 
 -- get_failures_by_class: failed builds of the last "days" days by failure

@@ -13,6 +13,7 @@ from datetime import timezone
 import attrs
 from twisted.internet import defer
 
+from .project_page import ProjectPageRow
 from .records import (
     Alias, Build, BuildAbi, BuildFile, DailyBuilds, DailyDownloads,
     Dependency, PendingDeletion, ProjectBuild, ProjectFile, ProjectVersion,
@@ -511,6 +512,82 @@ class Database:
             tables.setdefault(row.kind, []).append(
                 (row.name, row.downloads, row.time_saved))
         return tables
+
+    # the page writer's reads ----------------------------------------------
+
+    @retry_safe
+    async def get_project_page(self, package):
+        """Everything the pages of *package* show, in one round trip: a
+        :class:`~piwtwist.db.project_page.ProjectPageRow` (decode it in a
+        thread), or None when the package is not known."""
+        rows = await self._rows("SELECT * FROM get_project_page(%s)",
+                                (package,))
+        if not rows:
+            return None
+        row = rows[0]
+        return ProjectPageRow(
+            package=package, description=row.description, skip=row.skip,
+            downloads=(row.downloads_recent, row.downloads_all),
+            versions_json=row.versions, files_json=row.files,
+            builds_json=row.builds, dependencies_json=row.dependencies,
+            aliases_json=row.aliases)
+
+    @retry_safe
+    async def get_build_outputs(self, build_ids):
+        """{build id: log} of those of *build_ids* that have a log."""
+        rows = await self._rows("SELECT * FROM get_build_outputs(%s)",
+                                (sorted(set(build_ids)),))
+        return {row.build_id: row.output for row in rows}
+
+    @retry_safe
+    async def get_package_names(self, after="", limit=10_000,
+                                with_skipped=True):
+        """Up to *limit* package names that sort after *after*, in the
+        database's order (skipped packages only when *with_skipped*)."""
+        if limit < 1:
+            raise ValueError(f"a page of package names holds at least one "
+                             f"name, not {limit}")
+        rows = await self._rows("SELECT * FROM get_package_names(%s, %s, %s)",
+                                (after, limit, bool(with_skipped)))
+        return rows[0].names.split("\n") if rows[0].names_count else []
+
+    async def package_name_pages(self, page_size=10_000, with_skipped=True):
+        """Every package name, in pages of up to *page_size* (an async
+        iterator of lists): one short query per page, so that PyPI's
+        740,000 names never arrive (and are decoded on the reactor) at
+        once."""
+        after = ""
+        while True:
+            names = await self.get_package_names(after, page_size,
+                                                 with_skipped)
+            if not names:
+                return
+            yield names
+            if len(names) < page_size:
+                return
+            after = names[-1]
+
+    @retry_safe
+    async def get_search_index_chunks(self, chunk_size=10_000, per_query=2):
+        """The text of ``packages.json`` as PostgreSQL makes it: a list of
+        ``(entries, text)``, *text* holding *entries* comma-separated JSON
+        arrays in the search index's order.  PostgreSQL makes it once and
+        keeps it; it is read back *per_query* chunks a query, so that the
+        reactor never receives (and decodes) much in one answer, and no
+        transaction spans the reading."""
+        if chunk_size < 1 or per_query < 1:
+            raise ValueError("chunk_size and per_query must be at least 1")
+        prepared = await self._rows("SELECT * FROM prepare_search_index(%s)",
+                                    (chunk_size,))
+        chunks = []
+        while len(chunks) < prepared[0].chunks:
+            rows = await self._rows(
+                "SELECT * FROM get_search_index_text(%s, %s)",
+                (len(chunks), per_query))
+            if not rows:
+                break       # made anew meanwhile, with fewer chunks
+            chunks.extend((row.entries, row.packages_json) for row in rows)
+        return chunks
 
     # the page writer's queue ---------------------------------------------
 

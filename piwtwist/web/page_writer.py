@@ -44,8 +44,11 @@ package) is logged as a warning and skipped.
 """
 
 import gzip
-from collections import OrderedDict
+import os
+import tempfile
+from collections import OrderedDict, deque
 from datetime import datetime, timezone
+from pathlib import Path
 
 from packaging.utils import canonicalize_name
 from twisted.application import service
@@ -64,6 +67,12 @@ from .model import project_facts
 
 #: Files copied as they are from templates/ to the top of the output tree.
 STATIC_FILES = ("site.css", "search.js")
+#: Missing build logs read in one query (bounds the size of one answer).
+LOGS_PER_QUERY = 50
+#: Package names read in one query for the root of the simple index, the
+#: sitemap and a full rewrite; search index entries in one chunk.
+NAMES_PER_PAGE = 10_000
+SEARCH_ENTRIES_PER_CHUNK = 10_000
 
 
 class RateLimitedJob:
@@ -166,7 +175,8 @@ class PageWriter(service.Service):
                  home_interval=60.0, search_interval=300.0,
                  index_interval=10.0, save_interval=60.0, concurrency=4,
                  rewrite_all_at_start=True, abi_refresh_interval=300.0,
-                 generation=None):
+                 generation=None, names_per_page=NAMES_PER_PAGE,
+                 search_entries_per_chunk=SEARCH_ENTRIES_PER_CHUNK):
         self.db = db
         self.output = output_path
         self.reactor = reactor
@@ -182,6 +192,8 @@ class PageWriter(service.Service):
         self.rewrite_all_at_start = rewrite_all_at_start
         self.generation = generation
         self.abi_refresh_interval = abi_refresh_interval
+        self.names_per_page = names_per_page
+        self.search_entries_per_chunk = search_entries_per_chunk
         self._pending = OrderedDict()
         self._in_progress = {}
         #: what the saved queue lacks: requests to add, packages written
@@ -457,17 +469,8 @@ class PageWriter(service.Service):
     async def _write_project(self, package, both):
         await self._refresh_abis()
         db = self.db
-        (description, skip, versions, files, builds, dependencies,
-         aliases, downloads) = await _gather(
-            db.get_package_description(package),
-            db.get_package_skip(package),
-            db.get_project_versions(package),
-            db.get_project_files(package),
-            db.get_project_builds(package),
-            db.get_project_dependencies(package),
-            db.get_package_aliases(package),
-            db.get_project_downloads(package))
-        if description is None:
+        row = await db.get_project_page(package)     # the one round trip
+        if row is None:
             # gone from the database: nothing of it may stay published
             self.log.info("{package} is no longer known; removing its pages",
                           package=package)
@@ -475,11 +478,8 @@ class PageWriter(service.Service):
             self.rewrite_index()
             return False
         prepared = await self._in_thread(
-            self._prepare_project, package, both, dict(
-                description=description, skip=skip, versions=versions,
-                files=files, builds=builds, dependencies=dependencies,
-                aliases=aliases, build_abis=self._abis,
-                preinstalled=self._preinstalled, downloads=downloads))
+            self._prepare_project, package, both, row, self._abis,
+            self._preinstalled)
         project = prepared["project"]
         pages = {layout.project_dir(self.output, package) / "index.html":
                  await render.render_cooperatively(
@@ -493,10 +493,10 @@ class PageWriter(service.Service):
                     self.cooperator, self.renderer.simple_project(project))
             pages[directory / "index.json"] = prepared["simple_json"]
         logs = {}
-        for build_id in prepared["missing_logs"]:
-            output = await db.get_build_output(build_id)
-            if output is not None:
-                logs[build_id] = output
+        missing = prepared["missing_logs"]
+        for start in range(0, len(missing), LOGS_PER_QUERY):
+            logs.update(await db.get_build_outputs(
+                missing[start:start + LOGS_PER_QUERY]))
         await self._in_thread(self._write_project_files, package, pages,
                               logs, project.aliases)
         self.pages_written += len(pages)
@@ -508,9 +508,13 @@ class PageWriter(service.Service):
             self.rewrite_search()
         return True
 
-    def _prepare_project(self, package, both, facts):
-        """Thread: publish wheels' metadata, then work out the facts and
-        the JSON (CPU work kept off the reactor)."""
+    def _prepare_project(self, package, both, row, build_abis,
+                         preinstalled):
+        """Thread: decode the database's answer, publish wheels' metadata,
+        then work out the facts and the JSON (CPU work kept off the
+        reactor)."""
+        facts = row.decode()
+        facts.update(build_abis=build_abis, preinstalled=preinstalled)
         directory = layout.simple_dir(self.output, package)
         problems = [f"left out a file with an impossible name: "
                     f"{f.filename!r}" for f in facts["files"]
@@ -571,13 +575,18 @@ class PageWriter(service.Service):
         await self._write_static_pages()
         if self.generation is not None:
             await self._in_thread(forget_generation, self.output)
-        packages = await self.db.get_all_packages()
-        remaining = iter(packages)
+        # the names come in keyset pages as the workers use them up
+        remaining = _SharedNames(
+            self.db.package_name_pages(self.names_per_page))
+        count = 0
 
         async def worker():
-            for package in remaining:
-                if not self.running:
+            nonlocal count
+            while self.running:
+                package = await remaining.next()
+                if package is None:
                     return
+                count += 1
                 await self.write_project(package, both=True)
 
         await _gather(*[worker() for _ in range(self.concurrency)])
@@ -587,9 +596,8 @@ class PageWriter(service.Service):
             await self._in_thread(write_generation, self.output,
                                   self.generation)
         self.log.info("wrote the pages of {count} projects in {seconds:.1f}s",
-                      count=len(packages),
-                      seconds=self.reactor.seconds() - started)
-        return len(packages)
+                      count=count, seconds=self.reactor.seconds() - started)
+        return count
 
     async def _write_static_pages(self):
         pages = {
@@ -628,29 +636,49 @@ class PageWriter(service.Service):
         await self._in_thread(self._write_files, pages)
 
     async def _write_search(self):
-        entries = await self.db.get_search_index()
+        """``packages.json`` as PostgreSQL writes it (read in chunks
+        through a cursor), the sitemap from keyset pages of names: no
+        PyPI-sized list of records is ever made, and the reactor only
+        receives text a chunk at a time."""
+        chunks = await self.db.get_search_index_chunks(
+            self.search_entries_per_chunk)
+        names = [page async for page in self.db.package_name_pages(
+            self.names_per_page, with_skipped=False)]
         page = await render.render_cooperatively(
-            self.cooperator, self.renderer.packages_page(len(entries)))
-        await self._in_thread(self._write_search_files, entries, page)
+            self.cooperator,
+            self.renderer.packages_page(sum(n for n, _ in chunks)))
+        await self._in_thread(self._write_search_files,
+                              [text for _, text in chunks], names, page)
 
-    def _write_search_files(self, entries, page):
-        files = {self.output / "packages.json": render.packages_json(entries),
-                 self.output / "packages.html": page}
-        packages = sorted(e.package for e in entries)
+    def _write_search_files(self, chunks, names, page):
+        """Thread: the search index, its page and the sitemap."""
+        _write_pieces_atomically(self.output / "packages.json",
+                                 render.packages_json_pieces(chunks))
+        packages = [name for part in names for name in part]
+        files = {self.output / "packages.html": page}
         for name, data in render.sitemaps(self.site_url, packages).items():
             files[self.output / name] = data
         self._write_files(files)
 
     async def _write_index(self):
-        packages = await self.db.get_all_packages()
-        links, root_json = await self._in_thread(
-            lambda: (render.simple_root_links(packages),
-                     render.simple_root_json(packages)))
+        """The root of the simple index from keyset pages of names,
+        rendered and written in a thread a page at a time; the template
+        renders only the page around the links."""
+        pages = [page async for page in self.db.package_name_pages(
+            self.names_per_page)]
         page = await render.render_cooperatively(
-            self.cooperator, self.renderer.simple_root(links))
-        await self._in_thread(self._write_files, {
-            self.output / "simple" / "index.html": page,
-            self.output / "simple" / "index.json": root_json})
+            self.cooperator,
+            self.renderer.simple_root(render.LIST_PLACEHOLDER))
+        await self._in_thread(self._write_index_files, pages, page)
+
+    def _write_index_files(self, pages, page):
+        """Thread: the root of the simple index in HTML and JSON."""
+        simple = self.output / "simple"
+        _write_pieces_atomically(
+            simple / "index.html",
+            render.splice(page, render.simple_root_link_pieces(pages)))
+        _write_pieces_atomically(simple / "index.json",
+                                 render.simple_root_json_pieces(pages))
 
     @staticmethod
     def _write_files(files):
@@ -662,6 +690,56 @@ class PageWriter(service.Service):
     def _in_thread(self, function, *args):
         pool = self.threadpool or self.reactor.getThreadPool()
         return deferToThreadPool(self.reactor, pool, function, *args)
+
+
+def _write_pieces_atomically(path, pieces):
+    """:func:`layout.write_atomically` of the bytes *pieces* one after
+    another: a PyPI-sized file is never joined into one value (a copy of
+    tens of megabytes that holds the GIL, and so the reactor)."""
+    path = Path(path)
+    layout.make_directories(path.parent)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                     suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for piece in pieces:
+                f.write(piece)
+            os.fchmod(f.fileno(), layout.FILE_MODE)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class _SharedNames:
+    """The names of an async iterator of pages (lists), handed one at a
+    time to several workers; the next page is read only once the last is
+    used up, by one worker while the others wait."""
+
+    def __init__(self, pages):
+        self._pages = pages.__aiter__()
+        self._names = deque()
+        self._lock = defer.DeferredLock()
+        self._finished = False
+
+    async def next(self):
+        """The next name, or None after the last."""
+        while not self._names:
+            if self._finished:
+                return None
+            await self._lock.acquire()
+            try:
+                if not self._names and not self._finished:
+                    try:
+                        self._names.extend(await self._pages.__anext__())
+                    except StopAsyncIteration:
+                        self._finished = True
+            finally:
+                self._lock.release()
+        return self._names.popleft()
 
 
 def _gather(*awaitables):

@@ -260,6 +260,57 @@ def packages_json(entries):
                    e.downloads_all] for e in entries])
 
 
+def simple_root_link_pieces(pages):
+    """:func:`simple_root_links` of the names in *pages* (lists of names,
+    in order) as UTF-8 pieces, one a page: no single step works on the
+    whole list, so the thread doing it lets the reactor in between."""
+    pieces = []
+    for page in pages:
+        text = simple_root_links(page)
+        pieces.append(("\n" + text if pieces else text).encode("utf-8"))
+    return pieces
+
+
+def simple_root_json_pieces(pages):
+    """:func:`simple_root_json` of the names in *pages*, in pieces (see
+    :func:`simple_root_link_pieces`)."""
+    pieces = [dumps({"meta": {"api-version": API_VERSION}})[:-1]
+              + b',"projects":[']
+    for page in pages:
+        entries = dumps([{"name": p} for p in page])[1:-1]
+        if entries:
+            pieces.append(entries if len(pieces) == 1 else b"," + entries)
+    pieces.append(b"]}")
+    return pieces
+
+
+def packages_json_pieces(chunks):
+    """``packages.json`` from the text PostgreSQL made of it
+    (``get_search_index_chunks``: comma-separated rows), in pieces."""
+    pieces = [b"["]
+    for text in chunks:
+        if text:
+            data = text.encode("utf-8")
+            pieces.append(data if len(pieces) == 1 else b"," + data)
+    pieces.append(b"]")
+    return pieces
+
+
+#: Stands for a PyPI-sized list while the page around it is rendered; the
+#: list's pieces take its place in a thread (:func:`splice`), so neither
+#: the template engine nor the reactor ever handles the list.
+LIST_PLACEHOLDER = "<!--piwtwist:list-->"
+
+
+def splice(page, pieces, placeholder=LIST_PLACEHOLDER):
+    """*page* (bytes) with *pieces* in place of *placeholder*: the pieces
+    of the whole file, to be written one after another."""
+    head, found, tail = page.partition(placeholder.encode("utf-8"))
+    if not found:
+        raise ValueError(f"the page has no {placeholder} to fill in")
+    return [head, *pieces, tail]
+
+
 SITE_PAGES = ("", "packages.html", "stats.html", "faq.html")
 
 
