@@ -91,7 +91,8 @@ def own_cpu():
 
 # Where a thread's stack says it is spending its time.
 COMPONENTS = [
-    ("follower", ("/piwtwist/pypi/", "/piwtwist/master/pypi_follower.py")),
+    ("follower", ("/piwtwist/pypi/", "/piwtwist/master/pypi_follower.py",
+                  "/piwtwist/master/journal_applier.py")),
     ("page writer", ("/piwtwist/web/page_writer.py", "/piwtwist/web/render",
                      "/piwtwist/web/model", "/piwtwist/web/layout",
                      "/piwtwist/web/metadata", "/genshi/")),

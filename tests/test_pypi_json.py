@@ -13,8 +13,8 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.web import resource, server
 from treq.testing import StubTreq
 
-from piwtwist.master.pypi_follower import (
-    SKIP_PURE_WHEEL, _Applier, _Details, _Outcome, in_transaction, skip_for,
+from piwtwist.master.journal_applier import (
+    SKIP_PURE_WHEEL, Applier, Details, Outcome, in_transaction, skip_for,
 )
 from piwtwist.pypi import json_api
 from piwtwist.pypi.http import (
@@ -302,8 +302,8 @@ async def record_project(db, package, project):
     """Record *project* in the database as the follower's population
     does."""
     async def work(tx):
-        outcome = _Outcome()
-        applier = _Applier(tx, _Details(), outcome, skip_pure_wheels=True)
+        outcome = Outcome()
+        applier = Applier(tx, Details(), outcome, skip_pure_wheels=True)
         await applier.add_project(package, project.name, project, T0)
         await applier.finish()
         return outcome

@@ -378,6 +378,10 @@ class JournalSequencer:
     def parked(self):
         return sorted(self._parked.values(), key=lambda e: e.serial)
 
+    def parked_count(self):
+        """How many deletions are parked (without sorting them all)."""
+        return len(self._parked)
+
     def safe_serial(self, unapplied=()):
         """The serial to save: everything up to it is applied and nothing
         a parked deletion needs lies beyond it."""
