@@ -15,6 +15,7 @@ See bench/README.md.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -66,6 +67,77 @@ SERVER_SETTINGS = {
 # The tables the generator loads; their keys, foreign keys and indexes are
 # dropped for the load and created again afterwards.
 LOADED_TABLES = ["packages", "versions", "builds", "output", "files"]
+
+# What a kept database's schema is compared with the current script by
+# (as tests/test_initdb.py compares an upgraded database with a fresh one).
+CATALOG_QUERIES = {
+    "columns": """
+        SELECT table_name, ordinal_position, column_name, data_type,
+               character_maximum_length, column_default, is_nullable
+        FROM information_schema.columns WHERE table_schema = 'public'
+        ORDER BY 1, 2""",
+    "constraints": """
+        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+        FROM pg_constraint
+        WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2""",
+    "indexes": """
+        SELECT tablename, indexname, indexdef FROM pg_indexes
+        WHERE schemaname = 'public' ORDER BY 1, 2""",
+    "functions": """
+        SELECT proname, pg_get_function_identity_arguments(oid),
+               pg_get_function_result(oid), prosrc, prosecdef, provolatile,
+               proconfig, proacl::text
+        FROM pg_proc WHERE pronamespace = 'public'::regnamespace
+        ORDER BY 1, 2""",
+    "views": """
+        SELECT viewname, definition FROM pg_views
+        WHERE schemaname = 'public' ORDER BY 1""",
+    "triggers": """
+        SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid)
+        FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2""",
+    "table grants": """
+        SELECT relname, relkind, relpersistence, relacl::text FROM pg_class
+        WHERE relnamespace = 'public'::regnamespace ORDER BY 1""",
+}
+
+# The part of the catalog that the loaded tables' data depends on.
+LOADED_PARTS = {"columns": 0, "constraints": 0, "indexes": 0}
+
+
+def schema_hash():
+    """What the schema script's version is recorded as in bench-meta.json."""
+    script = create_script(MASTER_ROLE)
+    return hashlib.sha256(script.encode()).hexdigest()[:16]
+
+
+def catalog(conn, loaded_only=False):
+    result = {}
+    with conn.cursor() as cur:
+        for part, query in CATALOG_QUERIES.items():
+            if loaded_only and part not in LOADED_PARTS:
+                continue
+            cur.execute(query)
+            rows = cur.fetchall()
+            if loaded_only:
+                rows = [r for r in rows
+                        if r[0].split(".")[-1] in LOADED_TABLES]
+            result[part] = rows
+    return result
+
+
+def without_loaded_tables(script):
+    """The schema script less the loaded tables and their indexes, to run
+    over a database that keeps them."""
+    for table in LOADED_TABLES:
+        script, found = re.subn(
+            rf"^CREATE TABLE {table} \(.*?^\);\n", "", script,
+            flags=re.S | re.M)
+        if found != 1:
+            raise ValueError(f"no CREATE TABLE {table} in the script")
+        script = re.sub(
+            rf"^CREATE (?:UNIQUE )?INDEX \w+ ON {table} [^;]*;\n", "",
+            script, flags=re.M)
+    return script
 
 # Constants of the generator, substituted for @name@ in the SQL below.
 GEN_CONSTANTS = {
@@ -400,7 +472,10 @@ class Bench:
 
     def reusable_meta(self):
         """The metadata of a finished generation of this scale, or None
-        (dropping a database of another scale or an unfinished one)."""
+        (dropping a database of another scale or an unfinished one).  A
+        database generated under an older schema script is brought up to
+        date (upgrade_schema) when only the loaded tables' surroundings
+        changed."""
         try:
             meta = json.loads(self.meta_path.read_text())
         except (OSError, ValueError):
@@ -410,23 +485,105 @@ class Bench:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                         (DBNAME,))
             exists = cur.fetchone() is not None
-            if (exists and meta
-                    and meta.get("scale") == self.scale
-                    and meta.get("generator") == GENERATOR_VERSION):
-                conn.close()
-                return meta
-            if exists:
-                why = ("an unfinished generation" if not meta else
-                       f"scale {meta.get('scale')}, generator "
-                       f"{meta.get('generator')}")
-                out(f"(dropping the existing database: {why})")
-                cur.execute(f"DROP DATABASE {DBNAME}")
         conn.close()
+        why = "an unfinished generation"
+        if (exists and meta
+                and meta.get("scale") == self.scale
+                and meta.get("generator") == GENERATOR_VERSION):
+            if meta.get("schema") == schema_hash():
+                return meta
+            if self.upgrade_schema():
+                meta["schema"] = schema_hash()
+                self.meta_path.write_text(json.dumps(meta, indent=2))
+                return meta
+            why = "a loaded table's definition changed"
+        elif meta:
+            why = (f"scale {meta.get('scale')}, generator "
+                   f"{meta.get('generator')}")
+        if exists:
+            out(f"(dropping the existing database: {why})")
+            conn = self.connect(dbname="postgres")
+            with conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE {DBNAME}")
+            conn.close()
         try:
             self.meta_path.unlink()
         except FileNotFoundError:
             pass
         return None
+
+    def upgrade_schema(self):
+        """Bring a kept database up to the current schema script without
+        generating its data again: the loaded tables stay as they are, and
+        everything else (functions, triggers, views, the small and derived
+        tables) is dropped and created anew from the script, which fills
+        the statistics counters from the data.  All in one transaction,
+        kept only when the result's catalog equals a fresh database's;
+        False (nothing changed) when the loaded tables themselves changed.
+        """
+        out("the schema script changed since the database was generated: "
+            "bringing it up to date")
+        started = time.monotonic()
+        script = create_script(MASTER_ROLE)
+        scratch = DBNAME + "_schema"
+        admin = self.connect(dbname="postgres")
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {scratch}")
+            cur.execute(f"CREATE DATABASE {scratch}")
+        try:
+            conn = self.connect(dbname=scratch, autocommit=False)
+            with conn.cursor() as cur:
+                cur.execute(script)
+            conn.commit()
+            wanted = catalog(conn)
+            wanted_loaded = catalog(conn, loaded_only=True)
+            conn.close()
+        finally:
+            with admin.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS {scratch}")
+            admin.close()
+
+        conn = self.connect(autocommit=False)
+        try:
+            if catalog(conn, loaded_only=True) != wanted_loaded:
+                out("  the loaded tables' definitions changed")
+                return False
+            with conn.cursor() as cur:
+                cur.execute("""
+                    SELECT p.oid::regprocedure::text FROM pg_proc p
+                    WHERE p.pronamespace = 'public'::regnamespace""")
+                for (function,) in cur.fetchall():
+                    cur.execute(f"DROP FUNCTION IF EXISTS {function} CASCADE")
+                cur.execute("""
+                    SELECT c.relname FROM pg_class c
+                    WHERE c.relnamespace = 'public'::regnamespace
+                    AND c.relkind IN ('r', 'v', 'm')
+                    AND c.relname <> ALL(%s)""", (LOADED_TABLES,))
+                for (relation,) in cur.fetchall():
+                    cur.execute(f"DROP TABLE IF EXISTS {relation} CASCADE")
+                t = time.monotonic()
+                cur.execute(without_loaded_tables(script))
+                out(f"  {'schema less the loaded tables':<44}"
+                    f"{fmt_seconds(time.monotonic() - t)}")
+                # as generate() sets them, without rebuilding the queue
+                cur.execute("INSERT INTO build_abis (abi_tag) "
+                            "SELECT unnest(%s::varchar[])", (ABIS,))
+            if catalog(conn) != wanted:
+                out("  the result differs from a fresh database")
+                return False
+            conn.commit()
+        finally:
+            conn.rollback()
+            conn.close()
+        conn = self.superuser()
+        with conn.cursor() as cur:
+            for table in ("package_counters", "statistics_counters",
+                          "download_counters"):
+                cur.execute(f"VACUUM ANALYZE {table}")
+        conn.close()
+        out(f"  {'total':<44}{fmt_seconds(time.monotonic() - started)}")
+        out()
+        return True
 
     def step(self, cur, label, sql, **extra):
         started = time.monotonic()
@@ -475,6 +632,9 @@ class Bench:
         cur.execute("SET synchronize_seqscans = off")
         cur.execute("SET work_mem = '512MB'")
         cur.execute("SELECT setseed(0.42)")
+        # no triggers for the bulk load (the statistics counters are
+        # counted afterwards, in one go)
+        cur.execute("SET session_replication_role = replica")
         cur.execute("CREATE SCHEMA bench_gen")
         self.step(cur, "staging: packages", GEN_PACKAGES, **counts)
         self.step(cur, "packages", "BEGIN; TRUNCATE packages;"
@@ -494,11 +654,17 @@ class Bench:
                   "(SELECT COALESCE(max(build_id), 0) + 1 FROM builds), "
                   "false)")
         cur.execute("RESET work_mem")
+        cur.execute("RESET session_replication_role")
         self.step(cur, "drop staging", "DROP SCHEMA bench_gen CASCADE")
         self.restore_keys_and_indexes(cur, saved)
         for table in LOADED_TABLES:
             self.step(cur, f"VACUUM ANALYZE {table}",
                       f"VACUUM ANALYZE {table}")
+        self.step(cur, "recount_statistics()",
+                  "SELECT recount_statistics()")
+        for table in ("package_counters", "statistics_counters",
+                      "download_counters"):
+            cur.execute(f"VACUUM ANALYZE {table}")
         took = time.monotonic() - started
         out(f"  {'total':<44}{fmt_seconds(took)}")
         out()
@@ -507,6 +673,7 @@ class Bench:
         meta = {
             "scale": self.scale,
             "generator": GENERATOR_VERSION,
+            "schema": schema_hash(),
             "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "generation_seconds": round(took, 1),
             "summary": summary,

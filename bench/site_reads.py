@@ -6,8 +6,11 @@ writer get_all_packages() and get_search_index() for the root of the
 simple index and the search index.  This times each of them as the
 master's role on the database bench/build_queue.py generates (the same
 --scale and --dir: a kept cluster is reused, not generated again), cold
-(server just restarted) and warm, and times each figure of
-get_statistics() on its own, to show which scans the time goes to.
+(server just restarted) and warm, and times each part of
+get_statistics() on its own.  get_statistics() reads counters that
+triggers keep up to date; this also checks its figures against plain
+scans of the tables (what get_statistics() did before the counters, timed
+too), and times what the counters cost recording a build.
 
     .venv/bin/python bench/site_reads.py --scale 0.01
     .venv/bin/python bench/site_reads.py --dir /var/tmp/piwtwist-bench
@@ -18,7 +21,7 @@ Issue 15's target: get_statistics() under 1 s at PyPI's size.
 """
 
 import argparse
-import re
+import json
 import shutil
 import statistics
 import sys
@@ -42,25 +45,50 @@ CALLS = [
 ]
 
 
-def statistics_parts():
-    """Each scalar subquery of get_statistics(), from the schema script."""
-    script = (ROOT / "sql" / "create_piwheels.sql").read_text()
-    body = script.split("CREATE FUNCTION get_statistics()", 1)[1]
-    body = body.split("$sql$", 2)[1]
-    select = body.strip()[len("SELECT"):]
-    parts, depth, current = [], 0, ""
-    for char in select:
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        if char == "," and depth == 0:
-            parts.append(current.strip())
-            current = ""
-        else:
-            current += char
-    parts.append(current.strip())
-    return [re.sub(r"\s+", " ", p) for p in parts if p]
+#: What get_statistics() reads, part by part.
+STATISTICS_PARTS = [
+    ("statistics_counters (every figure but two)",
+     "SELECT SUM(packages), SUM(packages_built), SUM(versions), "
+     "SUM(versions_tried), SUM(builds), SUM(builds_success), "
+     "SUM(builds_time), SUM(files), SUM(files_size), SUM(downloads) "
+     "FROM statistics_counters"),
+    ("builds of the last hour (builds_built_at)",
+     "SELECT COUNT(*) FROM builds "
+     "WHERE built_at > CURRENT_TIMESTAMP - INTERVAL '1 hour'"),
+    ("downloads of the last 30 days (download_counters)",
+     "SELECT SUM(downloads) FROM download_counters "
+     "WHERE day > (CURRENT_TIMESTAMP AT TIME ZONE 'UTC')::DATE - 30"),
+]
+
+#: get_statistics() as it was before the counters: a scan for every figure
+SCANNED_STATISTICS = """
+    SELECT
+        (SELECT COUNT(*) FROM packages WHERE skip = ''),
+        (SELECT COUNT(DISTINCT b.package) FROM builds b WHERE b.status),
+        (SELECT COUNT(*) FROM packages p JOIN versions v USING (package)
+         WHERE p.skip = '' AND v.skip = ''),
+        (SELECT COUNT(*) FROM (SELECT DISTINCT package, version
+                               FROM builds) t),
+        (SELECT COUNT(*) FROM builds),
+        (SELECT COUNT(*) FROM builds WHERE status),
+        (SELECT COUNT(*) FROM builds
+         WHERE built_at > CURRENT_TIMESTAMP - INTERVAL '1 hour'),
+        (SELECT COALESCE(SUM(duration), INTERVAL '0') FROM builds),
+        (SELECT COUNT(*) FROM files),
+        (SELECT COALESCE(SUM(filesize), 0)::BIGINT FROM files),
+        (SELECT COALESCE(SUM(d.downloads), 0)::BIGINT FROM downloads_daily d
+         WHERE d.day > (CURRENT_TIMESTAMP AT TIME ZONE 'UTC')::DATE - 30),
+        (SELECT COALESCE(SUM(t.downloads), 0)::BIGINT FROM download_totals t)
+"""
+
+#: The triggers that keep the build and file counters, switched off (in a
+#: transaction that is rolled back) to time recording without them.
+COUNTING_TRIGGERS = {
+    "builds": ["builds_added", "builds_changed", "builds_removed"],
+    "files": ["files_added", "files_changed", "files_removed"],
+}
+
+RECORDED_BUILDS = 200
 
 
 class StatisticsBench(Bench):
@@ -115,20 +143,106 @@ class StatisticsBench(Bench):
                 f"warm {fmt_ms(statistics.median(warm)):>12}  "
                 f"(max {fmt_ms(max(warm))})")
         out()
-        out("get_statistics(), figure by figure (warm, as the superuser):")
+        out("get_statistics(), part by part (warm, best of 3, as the "
+            "superuser):")
         conn = self.superuser()
-        for part in statistics_parts():
-            took = min(self.timed(conn, f"SELECT {part}")[0]
-                       for _ in range(3))
-            shown = part if len(part) <= 70 else part[:67] + "..."
-            out(f"  {fmt_ms(took):>12}  {shown}")
-        conn.close()
+        for label, sql in STATISTICS_PARTS:
+            took = min(self.timed(conn, sql)[0] for _ in range(3))
+            out(f"  {fmt_ms(took):>12}  {label}")
         out()
+        self.compare_with_scans(conn)
+        self.time_recording(conn)
+        conn.close()
         figure = results["get_statistics()"]
         verdict = "meets" if figure < TARGET_SECONDS else "misses"
         out(f"RESULT: warm get_statistics() {fmt_ms(figure)} at scale "
             f"{self.scale:g}: {verdict} the target of {TARGET_SECONDS:g} s "
             f"(ratio {figure / TARGET_SECONDS:.3f})")
+
+
+    def compare_with_scans(self, conn):
+        """get_statistics()'s figures against plain scans of the tables."""
+        with conn.cursor() as cur:
+            cur.execute("SELECT * FROM get_statistics()")
+            names = [d.name for d in cur.description]
+            kept = cur.fetchone()
+        took, _ = self.timed(conn, SCANNED_STATISTICS)
+        with conn.cursor() as cur:
+            cur.execute(SCANNED_STATISTICS)
+            scanned = cur.fetchone()
+        out(f"the same figures by plain scans (get_statistics() before the "
+            f"counters): {fmt_ms(took)}")
+        wrong = [f"{name} {k} (scans: {s})"
+                 for name, k, s in zip(names, kept, scanned) if k != s]
+        if wrong:
+            out("  DISAGREE: " + "; ".join(wrong))
+        else:
+            out(f"  agree on all {len(names)} figures: "
+                + ", ".join(f"{n} {v}" for n, v in zip(names, kept)))
+        out()
+
+    def time_recording(self, conn):
+        """What the counters cost recording builds: RECORDED_BUILDS builds
+        (half failures, half successes with a wheel) of releases without
+        one, in a transaction rolled back, with the counting triggers and
+        without them."""
+        with conn.cursor() as cur:
+            cur.execute("""
+                SELECT v.package, v.version FROM versions v
+                WHERE v.skip = '' AND NOT EXISTS (
+                    SELECT 1 FROM builds b
+                    WHERE b.package = v.package AND b.version = v.version)
+                LIMIT %s""", (RECORDED_BUILDS,))
+            releases = cur.fetchall()
+
+        def record(counting):
+            with conn.cursor() as cur:
+                cur.execute("BEGIN")
+                if not counting:
+                    for table, triggers in COUNTING_TRIGGERS.items():
+                        for trigger in triggers:
+                            cur.execute(f"ALTER TABLE {table} "
+                                        f"DISABLE TRIGGER {trigger}")
+                started = time.monotonic()
+                for i, (package, version) in enumerate(releases):
+                    if i % 2:
+                        cur.execute(
+                            "SELECT log_build_failure(%s, %s, 1, "
+                            "INTERVAL '42 seconds', 'cp311', 'log')",
+                            (package, version))
+                        continue
+                    tag = package.replace("-", "_")
+                    name = f"{tag}-{version}-py3-none-any.whl"
+                    files = json.dumps([{
+                        "filename": name, "filesize": 1234,
+                        "filehash": "ab" * 32, "package_tag": tag,
+                        "package_version_tag": version,
+                        "py_version_tag": "py3", "abi_tag": "none",
+                        "platform_tag": "any"}])
+                    cur.execute(
+                        "SELECT log_build_success(%s, %s, 1, "
+                        "INTERVAL '42 seconds', 'cp311', 'log', %s)",
+                        (package, version, files))
+                took = time.monotonic() - started
+                cur.execute("ROLLBACK")
+            return took / len(releases)
+
+        if not releases:
+            out("no releases without builds to time recording with")
+            return
+        record(True)            # warm the pages they touch
+        rounds = {True: [], False: []}
+        for _ in range(3):
+            for counting in (True, False):
+                rounds[counting].append(record(counting))
+        with_counters = min(rounds[True])
+        without = min(rounds[False])
+        out(f"recording a build ({len(releases)} builds of releases "
+            f"without one, half with a wheel; best of 3 rounds):")
+        out(f"  {fmt_ms(with_counters)} a build with the counting triggers, "
+            f"{fmt_ms(without)} without: the counters cost "
+            f"{fmt_ms(with_counters - without)} a build")
+        out()
 
 
 def main(argv=None):
