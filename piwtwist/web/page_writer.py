@@ -469,7 +469,7 @@ class PageWriter(service.Service):
     async def _write_project(self, package, both):
         await self._refresh_abis()
         db = self.db
-        row = await db.get_project_page(package)     # the one round trip
+        row = await self._read_project(package)
         if row is None:
             # gone from the database: nothing of it may stay published
             self.log.info("{package} is no longer known; removing its pages",
@@ -507,6 +507,12 @@ class PageWriter(service.Service):
             self.rewrite_index()
             self.rewrite_search()
         return True
+
+    def _read_project(self, package):
+        """What the pages of *package* show, in one round trip (None when
+        the package is gone); anything with a ``decode()`` giving
+        :func:`~piwtwist.web.model.project_facts`' database arguments."""
+        return self.db.get_project_page(package)
 
     def _prepare_project(self, package, both, row, build_abis,
                          preinstalled):
