@@ -2191,6 +2191,8 @@ $sql$;
 -- get_project_builds, get_project_dependencies and get_package_aliases.
 -- They travel as TEXT so that the master decodes them in a thread rather
 -- than as the answer arrives.  Build durations are whole microseconds.
+-- PL/pgSQL keeps the plan (a SQL function would plan its seven subqueries
+-- on every call: 3 ms instead of 1 ms a project).
 -- No row for a package the database does not know.
 CREATE FUNCTION get_project_page(pkg VARCHAR)
 RETURNS TABLE (
@@ -2198,8 +2200,10 @@ RETURNS TABLE (
     downloads_all BIGINT, versions TEXT, files TEXT, builds TEXT,
     dependencies TEXT, aliases TEXT
 )
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
-AS $sql$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $plpgsql$
+BEGIN
+    RETURN QUERY
     SELECT
         p.description, p.skip,
         (SELECT COALESCE(SUM(d.downloads), 0)::BIGINT FROM downloads_daily d
@@ -2252,8 +2256,9 @@ AS $sql$
          FROM package_names n
          WHERE n.package = p.package AND n.name <> p.package)
     FROM packages p
-    WHERE p.package = pkg
-$sql$;
+    WHERE p.package = pkg;
+END;
+$plpgsql$;
 
 -- get_build_outputs: the logs of several builds at once (those a project's
 -- pages link to but the output tree lacks)

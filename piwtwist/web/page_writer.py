@@ -41,6 +41,15 @@ project's facts and JSON run in a thread pool, and genshi's output is
 serialised through a :class:`~twisted.internet.task.Cooperator` a few
 chunks at a time.  Bad input (an unsafe name, a broken wheel, a vanished
 package) is logged as a warning and skipped.
+
+At PyPI's size (740,000 projects) two more rules hold.  A project's pages
+cost one query (``get_project_page``; missing build logs one more per 50),
+whose lists arrive as text and are decoded in the thread pool.  No
+PyPI-sized list is ever made on the reactor: the root of the simple index,
+the sitemap and a full rewrite read names in keyset pages of
+``names_per_page``, ``packages.json`` arrives as text PostgreSQL made, a
+few chunks a query, and these files are rendered a page or chunk at a time
+in a thread and written in pieces, never joined into one value.
 """
 
 import gzip

@@ -10,7 +10,11 @@ The four PyPI-sized lists (the root of the simple index, its JSON,
 ``packages.json`` and the sitemap) are built by plain string joins in a
 thread instead: a template engine would spend tens of seconds of the
 reactor's time on 700,000 links.  :func:`simple_root_links` makes the links,
-the ``simple_root.html`` template the page around them.
+the ``simple_root.html`` template the page around them.  The page writer
+uses the ``*_pieces`` forms: one piece per page of names (or chunk of
+PostgreSQL's ``packages.json`` text), so that no single step in the thread
+holds the GIL over the whole list, and :func:`splice` puts the pieces where
+the template left :data:`LIST_PLACEHOLDER`.
 """
 
 import html
