@@ -229,6 +229,8 @@ async def replay(reactor, options, last_serial, keep):
                follower._cycle is None):
         await task.deferLater(reactor, 0.2, lambda: None)
     elapsed = time.perf_counter() - started
+    # the master's own timer: how long its reactor was held up at worst
+    follower.longest_stall = master.stall_detector.worst
     await master.stopService()
     return follower, elapsed
 
@@ -359,6 +361,8 @@ def main(argv=None):
             f"{follower.sequencer.deletions_reapplied:,})")
         out(f"wall time                {elapsed:.1f} s")
         out(f"events per second        {events / elapsed:,.0f}")
+        out(f"longest reactor stall    "
+            f"{follower.longest_stall * 1000:.0f} ms (target 100 ms)")
         out(f"JSON requests            {follower.json.requests:,}")
         for stage, seconds in follower.seconds_spent.items():
             out(f"  wall time {stage:25} {seconds:6.1f} s")
