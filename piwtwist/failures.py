@@ -266,12 +266,15 @@ _PKG_CONFIG = _rx(
     r"No package ['\"]([\w.+-]+)['\"] found|"
     r"Could not find (?:the )?(?:required )?(?:package|library) "
     r"['\"]?([\w.+-]+)['\"]? ?(?:with pkg-config|using pkg-config)|"
-    r"Could NOT find (\w+))")
+    r"Could NOT find (\w+)|"
+    # mysqlclient's setup.py, when pkg-config knows neither mysqlclient
+    # nor mariadb
+    r"Can not find valid pkg-config name\.\s+Specify (MYSQLCLIENT)_CFLAGS)")
 _CONFIG_TOOL = _rx(
-    r"(?:Error: |error: |OSError: |EnvironmentError: |^)"
+    r"(?:Error: |error: |OSError: |EnvironmentError: |Could not run |^)"
     r"((?:pg|mysql|mariadb|xml2|xslt|curl|krb5|gdal|geos|mpicc|"
     r"net-snmp)[_-]config)(?: executable)?:? (?:not found|command not "
-    r"found|No such file)", re.IGNORECASE)
+    r"found|(?:\[Errno 2\] )?No such file)", re.IGNORECASE)
 _COMPILER = [
     (_rx(r"(?:unable to execute|error: command) '?(?:/usr/bin/)?"
          r"([\w+.-]*(?:gcc|g\+\+|cc|c\+\+|clang|gfortran))'?:? "
@@ -315,6 +318,8 @@ _PYTHON2 = [
         re.IGNORECASE),
     _rx(r"AttributeError: '?(?:dict|module)'? object has no attribute "
         r"'(?:iteritems|itervalues|iterkeys|has_key)'"),
+    # setuptools 58 dropped use_2to3, which converted Python 2 sources
+    _rx(r"error in [^\n]* setup command: use_2to3 is invalid"),
 ]
 _PYTHON_VERSION = [
     _rx(r"requires a different Python: [\d.]+ not in"),
@@ -382,6 +387,9 @@ _BUILD_DEPENDENCY = _rx(
     r"scikit_build_core|numpy\.distutils|Cython\.Build|"
     r"Cython\.Distutils)'?",
     re.IGNORECASE)
+# setup.py written for Cython 0.29 (PyYAML 6.0 and others) under the
+# Cython 3 that its unpinned build requirement brings
+_CYTHON3 = _rx(r"object has no attribute 'cython_sources'")
 _NO_SOURCE = _rx(
     r"Could not find a version that satisfies the requirement|"
     r"No matching distribution found for|"
@@ -529,6 +537,10 @@ def _classify(log, reason=""):
     if _NETWORK.search(log):
         return Diagnosis("network", "build again once the network or the "
                                     "index is back")
+    if _CYTHON3.search(log):
+        return Diagnosis("build-dependency", "written for Cython<3, which "
+                                             "its build requirements do "
+                                             "not pin")
     match = _BUILD_DEPENDENCY.search(log)
     if match:
         missing = re.search(r"No module named '?([\w.]+)", match.group(0))
