@@ -235,8 +235,9 @@ def main(argv=None):
                         help=f"pip's cache for the plain builds (default "
                              f"{DEFAULT_CACHE})")
     parser.add_argument("--keep", action="store_true",
-                        help="keep the work directory (venv, logs, wheels, "
-                             "the cluster) and say where it is")
+                        help="keep the work directory (venv, plain and "
+                             "piwtwist logs, wheels, the cluster) and say "
+                             "where it is")
     parser.add_argument("--releases", default=RELEASES_FILE,
                         help="the list of releases (NAME VERSION KIND)")
     parser.add_argument("--build-timeout", type=int, default=900,
@@ -308,6 +309,11 @@ def main(argv=None):
         recorded = {(canonical(p), v): row
                     for (p, v), row in piwtwist.recorded().items()}
         report(releases, plain, plain_results, recorded, elapsed)
+        if args.keep:
+            logs = work / "piwtwist-logs"
+            logs.mkdir()
+            for (name, version), row in recorded.items():
+                (logs / f"{name}-{version}.log").write_text(row[8] or "")
     finally:
         piwtwist.close(args.keep)
         if args.keep:
