@@ -296,6 +296,7 @@ def test_master_facts_carry_the_reactor_stalls(harness):
         assert round(sent["reactor_stall"], 3) == 0.25
         assert round(sent["reactor_stall_worst"], 3) == 0.25
         assert sent["reactor_stall_worst_at"] == stalled_at
+        assert sent["gc_pause"] >= 0.0
     finally:
         detector.stopService()
 

@@ -81,10 +81,12 @@ def test_figures_for_monitors_recent_and_worst():
     """What the control hub shows: the longest stall of the minute under
     way and the one before, and the longest since the start."""
     clock = task.Clock()
-    detector = StallDetector(clock, tick=0.05, interval=60, threshold=0.1)
+    detector = StallDetector(clock, tick=0.05, interval=60, threshold=0.1,
+                             gc_callbacks=[])
     detector.startService()
     assert detector.figures() == {"recent": 0.0, "worst": 0.0,
-                                  "worst_at": None}
+                                  "worst_at": None, "gc_recent": 0.0,
+                                  "gc_worst": 0.0}
     with Captured():
         clock.pump([0.05] * 10)
         clock.advance(0.45)               # held up 400 ms
@@ -104,3 +106,44 @@ def test_figures_for_monitors_recent_and_worst():
     assert abs(detector.figures()["worst"] - 0.4) < 1e-9
     detector.stopService()
     assert not clock.getDelayedCalls()
+
+
+def test_garbage_collections_are_timed_and_logged_with_the_stall():
+    """A collection stops every thread: its length is logged beside the
+    stall, so that the two causes can be told apart."""
+    clock = task.Clock()
+    now = [100.0]
+    callbacks = []
+    detector = StallDetector(clock, tick=0.05, interval=10, threshold=0.1,
+                             gc_callbacks=callbacks, timer=lambda: now[0])
+    detector.startService()
+    (collecting,) = callbacks
+    with Captured() as captured:
+        collecting("start", {"generation": 2})
+        now[0] += 0.3
+        collecting("stop", {"generation": 2, "collected": 0})
+        clock.advance(0.35)               # what the collection held up
+        assert abs(detector.figures()["gc_recent"] - 0.3) < 1e-9
+        clock.pump([0.05] * 420)          # two intervals
+    event = captured.events[0]
+    assert event["log_level"] == LogLevel.warn
+    text = event["log_format"].format(**event)
+    assert text.startswith("longest reactor stall in the last 10s: 300 ms")
+    assert text.endswith("longest garbage collection 300 ms")
+    assert round(captured.events[1]["gc_ms"]) == 0
+    assert abs(detector.figures()["gc_worst"] - 0.3) < 1e-9
+    detector.stopService()
+    assert callbacks == []
+    assert not clock.getDelayedCalls()
+
+
+def test_the_real_collector_is_timed():
+    import gc
+    detector = StallDetector(task.Clock(), tick=0.05)
+    detector.startService()
+    try:
+        gc.collect()
+        assert detector.gc_worst > 0
+    finally:
+        detector.stopService()
+    assert detector._gc_phase not in gc.callbacks

@@ -498,6 +498,7 @@ class ControlHub(service.Service):
         facts["reactor_stall"] = stalls.get("recent")
         facts["reactor_stall_worst"] = stalls.get("worst")
         facts["reactor_stall_worst_at"] = stalls.get("worst_at")
+        facts["gc_pause"] = stalls.get("gc_recent")
         for key in ("disk_total", "disk_free", "load", "cpu_count",
                     "mem_total", "mem_free", "swap_total", "swap_free",
                     "cpu_temperature"):

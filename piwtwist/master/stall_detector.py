@@ -10,7 +10,15 @@ A timer asks to run every ``tick`` seconds; how late it runs is how long
 the reactor was busy with something else.  Each ``interval`` the longest
 delay seen is logged (a warning above ``threshold``) and starts again.
 :meth:`figures` gives monitors the recent and the worst stall.
+
+Python's cyclic garbage collector stops every thread while it runs, and a
+full collection of a large heap takes hundreds of milliseconds: the
+longest collection of each interval is logged with the stall, so that an
+operator can tell the two causes apart.
 """
+
+import gc
+import time
 
 from twisted.application import service
 from twisted.logger import Logger
@@ -27,8 +35,17 @@ class StallDetector(service.Service):
     name = "stall detector"
     log = Logger()
 
-    def __init__(self, clock, tick=0.05, interval=60.0, threshold=0.1):
+    def __init__(self, clock, tick=0.05, interval=60.0, threshold=0.1,
+                 gc_callbacks=gc.callbacks, timer=time.perf_counter):
         self.clock = clock
+        self.gc_callbacks = gc_callbacks
+        self.timer = timer
+        #: the longest garbage collection (seconds) of the interval under
+        #: way, of the last complete one, and since the start
+        self.gc_longest = 0.0
+        self.gc_last_longest = None
+        self.gc_worst = 0.0
+        self._gc_started = None
         self.tick = tick
         self.interval = interval
         self.threshold = threshold
@@ -48,7 +65,19 @@ class StallDetector(service.Service):
         self._interval_started = self.clock.seconds()
         self.longest = 0.0
         self.worst, self.worst_at = 0.0, None
+        self.gc_longest = self.gc_worst = 0.0
+        self.gc_callbacks.append(self._gc_phase)
         self._schedule()
+
+    def _gc_phase(self, phase, info):
+        """gc.callbacks: time each collection (in whichever thread)."""
+        if phase == "start":
+            self._gc_started = self.timer()
+        elif self._gc_started is not None:
+            pause = self.timer() - self._gc_started
+            self._gc_started = None
+            self.gc_longest = max(self.gc_longest, pause)
+            self.gc_worst = max(self.gc_worst, pause)
 
     def recent(self):
         """The longest stall (seconds) of the interval under way and the
@@ -59,10 +88,15 @@ class StallDetector(service.Service):
         """For monitors: ``recent`` (:meth:`recent`), ``worst`` since the
         start and ``worst_at`` (when it ended, clock time), in seconds."""
         return {"recent": self.recent(), "worst": self.worst,
-                "worst_at": self.worst_at}
+                "worst_at": self.worst_at,
+                "gc_recent": max(self.gc_longest,
+                                 self.gc_last_longest or 0.0),
+                "gc_worst": self.gc_worst}
 
     def stopService(self):
         super().stopService()
+        if self._gc_phase in self.gc_callbacks:
+            self.gc_callbacks.remove(self._gc_phase)
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
@@ -86,15 +120,20 @@ class StallDetector(service.Service):
 
     def _report(self, elapsed):
         self.last_longest, self.longest = self.longest, 0.0
+        self.gc_last_longest, self.gc_longest = self.gc_longest, 0.0
         if self.last_longest > self.threshold:
             self.log.warn(
                 "longest reactor stall in the last {elapsed:.0f}s: "
                 "{stall_ms:.0f} ms (more than {threshold_ms:.0f} ms: "
-                "something blocks the reactor)",
+                "something blocks the reactor); longest garbage "
+                "collection {gc_ms:.0f} ms",
                 elapsed=elapsed, stall_ms=self.last_longest * 1000,
-                threshold_ms=self.threshold * 1000)
+                threshold_ms=self.threshold * 1000,
+                gc_ms=self.gc_last_longest * 1000)
         else:
             self.log.info(
                 "longest reactor stall in the last {elapsed:.0f}s: "
-                "{stall_ms:.0f} ms",
-                elapsed=elapsed, stall_ms=self.last_longest * 1000)
+                "{stall_ms:.0f} ms; longest garbage collection "
+                "{gc_ms:.0f} ms",
+                elapsed=elapsed, stall_ms=self.last_longest * 1000,
+                gc_ms=self.gc_last_longest * 1000)

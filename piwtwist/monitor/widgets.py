@@ -256,13 +256,16 @@ def _stall_line(model, data):
     recent = data.get("reactor_stall")
     if recent is None:
         return "Reactor stalls: not measured"
-    line = f"Reactor stalls: {m.milliseconds(recent)} in the last minute"
+    line = f"Reactor stalls: {m.milliseconds(recent)} last minute"
     worst = data.get("reactor_stall_worst")
     if worst is not None:
         line += f", worst {m.milliseconds(worst)}"
         worst_at = data.get("reactor_stall_worst_at")
         if worst_at is not None and worst > recent:
             line += f" ({_when(model, worst_at)})"
+    gc_pause = data.get("gc_pause")
+    if gc_pause is not None:
+        line += f", GC {m.milliseconds(gc_pause)}"
     return line
 
 

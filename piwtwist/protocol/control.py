@@ -62,7 +62,9 @@ None until then),
 ``reactor_stall`` (seconds: the longest the master's reactor was held up
 in the minute under way and the one before), ``reactor_stall_worst`` and
 ``reactor_stall_worst_at`` (the longest since the master started, and the
-time it ended; all None where the master does not measure them),
+time it ended), ``gc_pause`` (seconds: the longest garbage collection in
+the same minutes, which holds up every thread; all None where the master
+does not measure them),
 ``disk_total``, ``disk_free`` (the output tree's file system), ``load``
 ([1, 5, 15 minute]), ``cpu_count``, ``mem_total``, ``mem_free``,
 ``swap_total``, ``swap_free``, ``cpu_temperature``.
