@@ -2261,15 +2261,25 @@ END;
 $plpgsql$;
 
 -- get_build_outputs: the logs of several builds at once (those a project's
--- pages link to but the output tree lacks)
-CREATE FUNCTION get_build_outputs(bids INTEGER[])
+-- pages link to but the output tree lacks), by build id, as many as fit in
+-- max_bytes together (but always the first), so that one answer stays
+-- small however long the logs; the caller asks again for those after the
+-- last it got
+CREATE FUNCTION get_build_outputs(bids INTEGER[], max_bytes BIGINT)
 RETURNS TABLE (build_id INTEGER, output TEXT)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
 AS $sql$
-    SELECT o.build_id, o.output
-    FROM output o
-    WHERE o.build_id = ANY(bids)
-    ORDER BY o.build_id
+    SELECT l.build_id, l.output
+    FROM (
+        SELECT o.build_id, o.output,
+               row_number() OVER (ORDER BY o.build_id) AS n,
+               SUM(octet_length(o.output)) OVER (ORDER BY o.build_id)
+                   AS running
+        FROM output o
+        WHERE o.build_id = ANY(bids)
+    ) l
+    WHERE l.n = 1 OR l.running <= max_bytes
+    ORDER BY l.build_id
 $sql$;
 
 -- get_package_names: up to lim package names that sort after "after", in

@@ -164,7 +164,7 @@ async def test_the_writer_asks_once_per_project(
     first = list(counting.statements)
     # the ABIs (read every few minutes), the page, the four missing logs
     assert first.count("SELECT * FROM get_project_page(%s)") == 1
-    assert first.count("SELECT * FROM get_build_outputs(%s)") == 1
+    assert first.count("SELECT * FROM get_build_outputs(%s, %s)") == 1
     assert sum("get_build_abis" in s or "get_preinstalled" in s
                for s in first) == len(first) - 2
     logs = sorted((output / "logs").rglob("*.txt.gz"))
@@ -261,3 +261,21 @@ async def test_name_pages_and_search_chunks_refuse_nonsense(db):
         await db.get_search_index_chunks(0)
     assert await db.get_search_index_chunks(5) == []
     assert [page async for page in db.package_name_pages(2)] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_logs_come_a_bounded_answer_at_a_time(
+        db, pool, output, tmp_path):
+    pkg = await busy_project(db, output, tmp_path)
+    builds = [b.build_id for b in await db.get_project_builds(pkg)]
+    expected = {b: await db.get_build_output(b) for b in builds}
+    counting = CountingPool(pool)
+    # a budget smaller than one log: one log an answer; ids without a log
+    # (99999) are skipped, not asked about forever
+    logs = await Database(counting).get_build_outputs(builds + [99999], 10)
+    assert logs == expected
+    # one a log, and one that finds nothing for 99999
+    assert len(counting.statements) == len(builds) + 1
+    counting.statements.clear()
+    assert await Database(counting).get_build_outputs(builds) == expected
+    assert len(counting.statements) == 1

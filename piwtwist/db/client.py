@@ -533,11 +533,21 @@ class Database:
             aliases_json=row.aliases)
 
     @retry_safe
-    async def get_build_outputs(self, build_ids):
-        """{build id: log} of those of *build_ids* that have a log."""
-        rows = await self._rows("SELECT * FROM get_build_outputs(%s)",
-                                (sorted(set(build_ids)),))
-        return {row.build_id: row.output for row in rows}
+    async def get_build_outputs(self, build_ids, max_bytes=1024 * 1024):
+        """{build id: log} of those of *build_ids* that have a log, read
+        about *max_bytes* of logs a query (a log longer than that alone),
+        so that the reactor never receives a large answer."""
+        wanted = sorted(set(build_ids))
+        logs = {}
+        while wanted:
+            rows = await self._rows(
+                "SELECT * FROM get_build_outputs(%s, %s)",
+                (wanted, max_bytes))
+            if not rows:
+                break
+            logs.update((row.build_id, row.output) for row in rows)
+            wanted = [b for b in wanted if b > rows[-1].build_id]
+        return logs
 
     @retry_safe
     async def get_package_names(self, after="", limit=10_000,

@@ -43,7 +43,7 @@ chunks at a time.  Bad input (an unsafe name, a broken wheel, a vanished
 package) is logged as a warning and skipped.
 
 At PyPI's size (740,000 projects) two more rules hold.  A project's pages
-cost one query (``get_project_page``; missing build logs one more per 50),
+cost one query (``get_project_page``; missing build logs one more per MiB),
 whose lists arrive as text and are decoded in the thread pool.  No
 PyPI-sized list is ever made on the reactor: the root of the simple index,
 the sitemap and a full rewrite read names in keyset pages of
@@ -76,8 +76,8 @@ from .model import project_facts
 
 #: Files copied as they are from templates/ to the top of the output tree.
 STATIC_FILES = ("site.css", "search.js")
-#: Missing build logs read in one query (bounds the size of one answer).
-LOGS_PER_QUERY = 50
+#: Missing build logs read in one query, in bytes (a longer log alone).
+LOG_BYTES_PER_QUERY = 1024 * 1024
 #: Package names read in one query for the root of the simple index, the
 #: sitemap and a full rewrite; search index entries in one chunk.
 NAMES_PER_PAGE = 10_000
@@ -502,10 +502,9 @@ class PageWriter(service.Service):
                     self.cooperator, self.renderer.simple_project(project))
             pages[directory / "index.json"] = prepared["simple_json"]
         logs = {}
-        missing = prepared["missing_logs"]
-        for start in range(0, len(missing), LOGS_PER_QUERY):
-            logs.update(await db.get_build_outputs(
-                missing[start:start + LOGS_PER_QUERY]))
+        if prepared["missing_logs"]:
+            logs = await db.get_build_outputs(prepared["missing_logs"],
+                                              LOG_BYTES_PER_QUERY)
         await self._in_thread(self._write_project_files, package, pages,
                               logs, project.aliases)
         self.pages_written += len(pages)
