@@ -231,6 +231,7 @@ async def replay(reactor, options, last_serial, keep):
     elapsed = time.perf_counter() - started
     # the master's own timer: how long its reactor was held up at worst
     follower.longest_stall = master.stall_detector.worst
+    follower.longest_gc = master.stall_detector.gc_worst
     await master.stopService()
     return follower, elapsed
 
@@ -362,7 +363,9 @@ def main(argv=None):
         out(f"wall time                {elapsed:.1f} s")
         out(f"events per second        {events / elapsed:,.0f}")
         out(f"longest reactor stall    "
-            f"{follower.longest_stall * 1000:.0f} ms (target 100 ms)")
+            f"{follower.longest_stall * 1000:.0f} ms (target 100 ms; "
+            f"longest garbage collection "
+            f"{follower.longest_gc * 1000:.0f} ms)")
         out(f"JSON requests            {follower.json.requests:,}")
         for stage, seconds in follower.seconds_spent.items():
             out(f"  wall time {stage:25} {seconds:6.1f} s")
