@@ -151,6 +151,8 @@ async def build_once(reactor, connection, package, version, workdir, log,
             finally:
                 if timeout.active():
                     timeout.cancel()
+            # let Done's answer leave before anything closes the connection
+            await task.deferLater(reactor, 0, lambda: None)
         elif reply["action"] != proto.DONE:
             results["other"][reply["action"]] = \
                 results["other"].get(reply["action"], 0) + 1
