@@ -3,8 +3,9 @@
 
 Every release in bench/yield_releases.txt is built twice:
 
-(a) plain: ``pip wheel --no-deps --no-binary PKG PKG==VER`` with a current
-    pip (``pip install -U pip``) in a fresh venv of Debian's Python;
+(a) plain: ``pip wheel --no-deps --no-binary PKG`` with a current pip
+    (``pip install -U pip``) in a fresh venv of Debian's Python, of the
+    release's sdist downloaded once into --cache;
 (b) piwtwist: a real master and builder(s) (twistd, sandboxed with
     bubblewrap as deployed) over a private PostgreSQL cluster, with exactly
     these releases queued; the outcome, failure class, hint and rescue are
@@ -24,6 +25,8 @@ See bench/README.md.
 import argparse
 import collections
 import concurrent.futures
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import psycopg2
@@ -109,13 +113,49 @@ def service_environment(home):
             "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
 
 
+def sdist_file(name, version, cache):
+    """The release's sdist, downloaded once into *cache* (and checked
+    against the index's sha256): pip's own cache is no use here, since it
+    reuses the wheels it built before and the index's answers are not
+    cacheable."""
+    directory = Path(cache) / "sdists"
+    directory.mkdir(parents=True, exist_ok=True)
+    request = urllib.request.Request(
+        f"{PYPI_SIMPLE}{canonical(name)}/",
+        headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    stem = re.sub(r"[-_.]+", "_", f"{name}-{version}").lower()
+    saved = [path for path in directory.iterdir()
+             if re.sub(r"[-_.]+", "_", path.name).lower()
+             in (f"{stem}_tar_gz", f"{stem}_zip")]
+    if saved:
+        return saved[0]
+    with urllib.request.urlopen(request, timeout=60) as response:
+        files = json.load(response)["files"]
+    for entry in files:
+        if re.sub(r"[-_.]+", "_", entry["filename"]).lower() in (
+                f"{stem}_tar_gz", f"{stem}_zip"):
+            break
+    else:
+        raise SystemExit(f"{name} {version} has no sdist on {PYPI_SIMPLE}")
+    with urllib.request.urlopen(entry["url"], timeout=300) as response:
+        data = response.read()
+    if hashlib.sha256(data).hexdigest() != entry["hashes"]["sha256"]:
+        raise SystemExit(f"{entry['filename']}: sha256 does not match")
+    path = directory / entry["filename"]
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(data)
+    partial.rename(path)
+    return path
+
+
 class PlainPip:
     """Column (a): a fresh venv with a current pip, one ``pip wheel`` per
-    release, as *user*; pip's own cache under the cache directory."""
+    release, as *user*, from the sdist in the cache directory (build
+    requirements from PyPI, no pip cache)."""
 
     def __init__(self, root, cache, user, timeout):
         self.root = Path(root)
-        self.cache = Path(cache) / "pip"
+        self.cache = Path(cache)
         self.cache.mkdir(parents=True, exist_ok=True)
         self.user = user
         self.timeout = timeout
@@ -123,7 +163,6 @@ class PlainPip:
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         own(self.root, user)
-        own(self.cache, user)
         self.pip_version = None
 
     def run(self, *command, timeout=None, log=None):
@@ -152,7 +191,7 @@ class PlainPip:
             raise SystemExit(f"python3 -m venv failed:\n{output}")
         code, output, _ = self.run(
             self.venv / "bin" / "pip", "install", "-U", "pip",
-            "--cache-dir", self.cache, timeout=300)
+            "--no-cache-dir", timeout=300)
         if code != 0:
             raise SystemExit(f"pip install -U pip failed:\n{output}")
         _, version, _ = self.run(self.venv / "bin" / "pip", "--version")
@@ -164,10 +203,11 @@ class PlainPip:
         wheels.mkdir(parents=True, exist_ok=True)
         own(wheels, self.user)
         log = self.logs / f"{name}-{version}.log"
+        sdist = sdist_file(name, version, self.cache)
         code, _, duration = self.run(
             self.venv / "bin" / "pip", "wheel", "--no-deps",
-            "--no-binary", name, f"{name}=={version}", "-w", wheels,
-            "--cache-dir", self.cache, timeout=self.timeout, log=log)
+            "--no-binary", name, sdist, "-w", wheels,
+            "--no-cache-dir", timeout=self.timeout, log=log)
         built = code == 0 and any(wheels.glob("*.whl"))
         return built, duration, log
 
@@ -232,8 +272,8 @@ def main(argv=None):
                         help="piwtwist builders, and plain builds at a time "
                              "(default 1)")
     parser.add_argument("--cache", default=DEFAULT_CACHE,
-                        help=f"pip's cache for the plain builds (default "
-                             f"{DEFAULT_CACHE})")
+                        help=f"where the plain builds' sdists are kept "
+                             f"(default {DEFAULT_CACHE})")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (venv, plain and "
                              "piwtwist logs, wheels, the cluster) and say "
@@ -358,6 +398,11 @@ def report(releases, plain, plain_results, recorded, elapsed):
                     row[3] if not row[2] else "")
         out(f"{name + ' ' + version:32} {kind:21} {plain_cell:>12} "
             f"{ours_cell:>12}  {note}")
+    out()
+    out("piwtwist's failures, with their hints:")
+    for (name, version, _), row in zip(releases, ours):
+        if row and not row[2]:
+            out(f"  {name} {version}: {row[3]}: {row[4] or '(no hint)'}")
     out()
     lost = [(name, version, row) for (name, version, _), row
             in zip(releases, ours)
