@@ -2,7 +2,9 @@
 
 Every method calls exactly one function of ``sql/create_piwheels.sql`` (the
 master's role may do nothing else) and turns its rows into the plain values
-of :mod:`piwtwist.db.records`.
+of :mod:`piwtwist.db.records`; the few that read something PyPI-sized
+(``get_search_index_chunks``, ``get_build_outputs``, ``package_name_pages``)
+call theirs several times, so that no single answer is large.
 """
 
 import copy
