@@ -79,3 +79,33 @@ async def test_requests_are_saved_as_they_come_and_forgotten_once_written(
     finally:
         await writer.stopService()
     assert await saved(db) == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_asked_for_while_stopping_waits_for_the_next_start(
+        db, output, reactor):
+    """Services that stop after the page writer (the tree effects carrying
+    out a deletion) may still ask for a project's pages: no traceback, and
+    the rewrite is saved for the next start, not lost."""
+    await add_release(db, "late", "1.0")
+    writer = page_writer(db, output, reactor, rewrite_delay=0.5,
+                         save_interval=0.1)
+    writer.startService()
+    await settle(reactor, 0.05)
+    await writer.stopService()
+    assert not await writer.write_project("late")
+    await settle(reactor, 0.1)
+    assert not (output / "project" / "late" / "index.html").exists()
+    assert await saved(db) == {("late", "BOTH")}
+    # the next start writes it and forgets it
+    again = page_writer(db, output, reactor, rewrite_delay=0.05,
+                        save_interval=0.1)
+    again.startService()
+    try:
+        await settle(reactor, 0.3)
+        await again.wait_until_idle()
+        await settle(reactor, 0.1)
+        assert (output / "project" / "late" / "index.html").is_file()
+        assert await saved(db) == set()
+    finally:
+        await again.stopService()

@@ -415,6 +415,9 @@ class TreeEffects(service.Service):
                 by_package.setdefault(item.package, []).append(item)
             finished, stuck = [], False
             for package, items in by_package.items():
+                if not self.running and self.parent is not None:
+                    stuck = True   # the rest is carried out at the next start
+                    break
                 done, problems = await self._locked(
                     package, lambda items=items: self._in_thread(
                         _carry_out, self.output, items))

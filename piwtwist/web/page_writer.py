@@ -218,6 +218,8 @@ class PageWriter(service.Service):
         self._abis_at = None
         self._preinstalled = {}
         self._started = None
+        #: set from stopService on: writes asked for then wait for a start
+        self._stopping = False
         self._jobs = {
             "home": RateLimitedJob(reactor, home_interval, self._write_home,
                                    "the home and statistics pages"),
@@ -239,6 +241,7 @@ class PageWriter(service.Service):
 
     def startService(self):
         super().startService()
+        self._stopping = False
         if self._own_cooperator and self.cooperator._stopped:
             self.cooperator = self._new_cooperator()   # started again
         for job in self._jobs.values():
@@ -273,6 +276,7 @@ class PageWriter(service.Service):
 
     async def stopService(self):
         super().stopService()
+        self._stopping = True
         if self.statistics is not None and \
                 self._statistics_changed in self.statistics.listeners:
             self.statistics.listeners.remove(self._statistics_changed)
@@ -463,16 +467,30 @@ class PageWriter(service.Service):
 
     async def write_project(self, package, both=True):
         """Rewrite one project's pages now; True when written, False when
-        the package is gone (its pages are removed then)."""
+        the package is gone (its pages are removed then), or when the
+        writer is stopping (the rewrite is saved for the next start)."""
+        if self._stopping:
+            return self._keep_for_next_start(package, both)
         try:
             return await self._locks.run(
                 package, lambda: self._write_project(package, both))
+        except task.SchedulerStopped:
+            return self._keep_for_next_start(package, both)
         except (DatabaseUnavailable, OSError) as e:
             self.log.warn("could not write the pages of {package}: {why}",
                           package=package, why=str(e))
         except Exception:
             self.log.failure("writing the pages of {package} failed",
                              package=package)
+        return False
+
+    def _keep_for_next_start(self, package, both):
+        """A write asked for while stopping: queued and saved, not lost."""
+        self.log.info("stopping: the pages of {package} are written at the "
+                      "next start", package=package)
+        self._add(package, "BOTH" if both else "PROJECT")
+        if self._saving is None and self._save_call is None:
+            self._save()   # no save is scheduled once stopped
         return False
 
     async def _write_project(self, package, both):
