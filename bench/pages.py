@@ -90,6 +90,7 @@ class PagesBenchmark:
         writer = PageWriter(Database(pool), self.output, reactor,
                             rewrite_all_at_start=False,
                             concurrency=self.args.concurrency,
+                            render_processes=self.args.render_processes,
                             site_url="https://piwheels.example.org/")
         writer.startService()
         await writer.wait_until_idle()
@@ -149,6 +150,9 @@ def main(argv=None):
     parser.add_argument("--connections", type=int, default=2,
                         help="database connections (default 2, as the "
                              "master)")
+    parser.add_argument("--render-processes", type=int, default=1,
+                        help="page-rendering worker processes (default 1, "
+                             "as the master on 2 cores; 0: in the master)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the cluster and the output tree")
     args = parser.parse_args(argv)

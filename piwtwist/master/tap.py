@@ -38,6 +38,10 @@ from .stall_detector import StallDetector
 from .systemd import notify_ready, notify_stopping
 from .tree_effects import TreeEffects
 
+#: Page-rendering worker processes by default: every core but the master's
+#: own, up to four.
+DEFAULT_RENDER_PROCESSES = max(0, min(4, (os.cpu_count() or 1) - 1))
+
 
 def _platform_aliases(value):
     """``linux_armv7l=linux_armv6l linux_aarch64=...`` -> mapping."""
@@ -93,6 +97,9 @@ class Options(ToolOptions):
          "Database connections the master keeps (at least 2).  Page "
          "writing and statistics use at most all but one, so recording "
          "builds and admin actions never wait behind them.", int],
+        ["render-processes", None, DEFAULT_RENDER_PROCESSES,
+         "Worker processes rendering project pages (0: in the master's "
+         "own process).  The default leaves one core to the master.", int],
         ["hit-retention", None, 90,
          "Days to keep raw hits (downloads, searches, page views); the "
          "daily counts are kept for ever.  0 keeps everything.", int],
@@ -140,6 +147,9 @@ class Options(ToolOptions):
             raise usage.UsageError(
                 "--db-pool-size must be at least 2: one connection is kept "
                 "free of page writing for build recording and admin tools")
+        if not 0 <= self["render-processes"] <= 64:
+            raise usage.UsageError(
+                "--render-processes must be between 0 and 64")
         if self["hit-retention"] < 0:
             raise usage.UsageError(
                 "--hit-retention is a number of days (0 keeps every hit)")
@@ -206,6 +216,7 @@ class MasterService(service.MultiService):
             site_url=options["site-url"],
             rewrite_all_at_start=rewrite_all,
             generation=generation,
+            render_processes=options["render-processes"],
             rewrite_delay=0.5 if dev_mode else 2.0,
             home_interval=10.0 if dev_mode else 60.0,
             search_interval=10.0 if dev_mode else 300.0)

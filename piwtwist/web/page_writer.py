@@ -73,6 +73,7 @@ from . import layout, render
 from .generation import forget_generation, write_generation
 from .metadata import publish_core_metadata
 from .model import project_facts
+from .render_pool import RenderPool
 
 #: Files copied as they are from templates/ to the top of the output tree.
 STATIC_FILES = ("site.css", "search.js")
@@ -184,7 +185,8 @@ class PageWriter(service.Service):
                  home_interval=60.0, search_interval=300.0,
                  index_interval=10.0, save_interval=60.0, concurrency=4,
                  rewrite_all_at_start=True, abi_refresh_interval=300.0,
-                 generation=None, names_per_page=NAMES_PER_PAGE,
+                 generation=None, render_processes=0,
+                 names_per_page=NAMES_PER_PAGE,
                  search_entries_per_chunk=SEARCH_ENTRIES_PER_CHUNK):
         self.db = db
         self.output = output_path
@@ -195,6 +197,10 @@ class PageWriter(service.Service):
         self.threadpool = threadpool
         self.renderer = renderer or render.Renderer(site_url=site_url)
         self.site_url = self.renderer.site_url
+        #: worker processes for the project pages (None: in the master)
+        self.render_pool = RenderPool(reactor, self.renderer,
+                                      render_processes) \
+            if render_processes else None
         self.rewrite_delay = rewrite_delay
         self.save_interval = save_interval
         self.concurrency = concurrency
@@ -301,6 +307,8 @@ class PageWriter(service.Service):
             await _quiet(self._saving)
         if self._own_cooperator:
             self.cooperator.stop()
+        if self.render_pool is not None:
+            self.render_pool.stop()
 
     # what other services call ------------------------------------------
 
@@ -508,16 +516,14 @@ class PageWriter(service.Service):
             self._prepare_project, package, both, row, self._abis,
             self._preinstalled)
         project = prepared["project"]
+        project_page, simple_page = await self._render_project(project, both)
         pages = {layout.project_dir(self.output, package) / "index.html":
-                 await render.render_cooperatively(
-                     self.cooperator, self.renderer.project_page(project)),
+                 project_page,
                  layout.project_dir(self.output, package) / "json" /
                  "index.json": prepared["project_json"]}
         if both:
             directory = layout.simple_dir(self.output, package)
-            pages[directory / "index.html"] = \
-                await render.render_cooperatively(
-                    self.cooperator, self.renderer.simple_project(project))
+            pages[directory / "index.html"] = simple_page
             pages[directory / "index.json"] = prepared["simple_json"]
         logs = {}
         if prepared["missing_logs"]:
@@ -539,6 +545,20 @@ class PageWriter(service.Service):
         the package is gone); anything with a ``decode()`` giving
         :func:`~piwtwist.web.model.project_facts`' database arguments."""
         return self.db.get_project_page(package)
+
+    async def _render_project(self, project, both):
+        """The project page and (when *both*) the simple page: by the
+        render pool's processes when there is one, else cooperatively."""
+        if self.render_pool is not None:
+            rendered = await self.render_pool.render_project(project, both)
+            if rendered is not None:
+                return rendered
+        project_page = await render.render_cooperatively(
+            self.cooperator, self.renderer.project_page(project))
+        simple_page = await render.render_cooperatively(
+            self.cooperator, self.renderer.simple_project(project)) \
+            if both else None
+        return project_page, simple_page
 
     def _prepare_project(self, package, both, row, build_abis,
                          preinstalled):

@@ -50,6 +50,13 @@ def dumps(value):
                       ensure_ascii=False).encode("utf-8")
 
 
+def serialize(stream):
+    """The UTF-8 bytes of the genshi *stream* at once (in a worker process
+    or a thread; the reactor uses :func:`render_cooperatively`)."""
+    return "".join(stream.serialize("html", doctype="html5",
+                                    strip_whitespace=False)).encode("utf-8")
+
+
 def render_cooperatively(cooperator, stream):
     """A Deferred firing with the UTF-8 bytes of the genshi *stream*,
     serialised a few chunks per cooperator step."""
@@ -94,6 +101,7 @@ class Renderer:
                  directory=None):
         self.site_name = site_name
         self.site_url = site_url.rstrip("/") + "/"
+        self.directory = directory
         self.loader = TemplateLoader(str(directory or templates_dir()),
                                      auto_reload=False)
 

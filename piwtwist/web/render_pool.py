@@ -1,0 +1,109 @@
+"""Project pages rendered in worker processes.
+
+genshi is about half of the CPU a project's pages cost, and in the master's
+process it shares one core (and the GIL) with the reactor, the database
+answers and the file writes.  A full rewrite of PyPI's 740,000 projects is
+then hours long.  Worker processes render the two HTML pages of a project
+from its facts (plain attrs records, pickled to them) on the other cores,
+and hand the bytes back; the master keeps everything else.
+
+Workers come from a ``forkserver`` (never a fork of the threaded master),
+start on the first page and are replaced when one dies: the page in hand is
+then rendered in the master, cooperatively, as without a pool, so a dying
+worker costs time, never a page.
+"""
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from . import render
+
+#: The renderer of this worker process, made once by :func:`_start_worker`.
+_renderer = None
+
+
+def _start_worker(site_name, site_url, directory):
+    global _renderer
+    _renderer = render.Renderer(site_name=site_name, site_url=site_url,
+                                directory=directory)
+
+
+def _render_project(project, both):
+    """Worker: the project page's bytes, and the simple page's when
+    *both*."""
+    page = render.serialize(_renderer.project_page(project))
+    simple = render.serialize(_renderer.simple_project(project)) \
+        if both else None
+    return page, simple
+
+
+class RenderPool:
+    """*processes* workers rendering with a renderer like *renderer*."""
+
+    log = Logger()
+
+    def __init__(self, reactor, renderer, processes):
+        if processes < 1:
+            raise ValueError("a render pool needs at least one process")
+        self.reactor = reactor
+        self.renderer = renderer
+        self.processes = processes
+        self._executor = None
+        #: pages rendered in the master because a worker died
+        self.fallbacks = 0
+
+    def _pool(self):
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.processes,
+                mp_context=multiprocessing.get_context("forkserver"),
+                initializer=_start_worker,
+                initargs=(self.renderer.site_name, self.renderer.site_url,
+                          self.renderer.directory))
+        return self._executor
+
+    def render_project(self, project, both):
+        """A Deferred firing with ``(project_page, simple_page or None)``
+        as bytes, or with None when the caller must render them itself (a
+        worker died: the next page gets a new pool)."""
+        result = defer.Deferred()
+        try:
+            future = self._pool().submit(_render_project, project, both)
+        except (BrokenProcessPool, RuntimeError) as e:
+            return defer.succeed(self._broken(project, e))
+
+        def relay(future):
+            try:
+                result.callback(future.result())
+            except BrokenProcessPool as e:
+                result.callback(self._broken(project, e))
+            except BaseException:
+                result.errback()
+
+        # the future completes in a thread of the executor's
+        future.add_done_callback(
+            lambda future: self.reactor.callFromThread(relay, future))
+        return result
+
+    def _broken(self, project, why):
+        self.log.warn("a page-rendering process failed ({why}); the pages "
+                      "of {package} are rendered in the master",
+                      why=str(why) or why.__class__.__name__,
+                      package=project.package)
+        self.fallbacks += 1
+        broken, self._executor = self._executor, None
+        if broken is not None:
+            broken.shutdown(wait=False, cancel_futures=True)
+        return None
+
+    def stop(self):
+        """Let the workers go (pages in hand are finished first by the
+        caller: the page writer stops its own work before this)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+

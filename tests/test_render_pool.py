@@ -1,0 +1,71 @@
+"""Project pages rendered by worker processes: the same bytes as in the
+master, and a worker killed mid-rewrite costs no page."""
+
+import os
+import signal
+
+import pytest
+import pytest_twisted
+
+from tests.test_web_pages import example_project
+from tests.web_support import add_release, page_writer
+
+PAGES = ("project/foo-bar/index.html", "simple/foo-bar/index.html",
+         "project/foo-bar/json/index.json", "simple/foo-bar/index.json")
+
+
+@pytest.fixture
+def output(tmp_path):
+    path = tmp_path / "www"
+    path.mkdir()
+    return path
+
+
+def read_pages(output):
+    return {name: (output / name).read_bytes() for name in PAGES}
+
+
+@pytest_twisted.ensureDeferred
+async def test_worker_pages_are_the_masters_pages(db, output, tmp_path,
+                                                  reactor):
+    await example_project(db, output, tmp_path)
+    here = page_writer(db, output, reactor)
+    assert here.render_pool is None
+    assert await here.write_project("foo-bar")
+    expected = read_pages(output)
+    for name in PAGES:
+        (output / name).unlink()
+    pooled = page_writer(db, output, reactor, render_processes=1)
+    try:
+        assert await pooled.write_project("foo-bar")
+        assert read_pages(output) == expected
+        # rendered over there: the master holds no renderer's work
+        assert pooled.render_pool.fallbacks == 0
+        workers = list(pooled.render_pool._executor._processes)
+        assert workers and os.getpid() not in workers
+    finally:
+        pooled.render_pool.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_killed_worker_costs_no_page(db, output, reactor):
+    for name in ("one", "two", "three"):
+        await add_release(db, name, "1.0")
+    writer = page_writer(db, output, reactor, render_processes=1)
+    try:
+        assert await writer.write_project("one")
+        [worker] = list(writer.render_pool._executor._processes)
+        os.kill(worker, signal.SIGKILL)
+        # the page in hand when the worker died is rendered in the master
+        assert await writer.write_project("two")
+        assert b"two" in (output / "project" / "two" / "index.html"
+                          ).read_bytes()
+        assert writer.render_pool.fallbacks == 1
+        # and the next one by a new worker
+        assert await writer.write_project("three")
+        assert writer.render_pool.fallbacks == 1
+        [replacement] = list(writer.render_pool._executor._processes)
+        assert replacement != worker
+        assert (output / "simple" / "three" / "index.html").is_file()
+    finally:
+        writer.render_pool.stop()
