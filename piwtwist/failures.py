@@ -222,6 +222,8 @@ GCC14_ERRORS = ("incompatible-pointer-types", "implicit-function-declaration",
 
 #: The build constraint that rescues a setup.py importing pkg_resources.
 SETUPTOOLS_CONSTRAINT = "setuptools<82"
+#: The build constraint that rescues a setup.py written for Cython 0.29.
+CYTHON_CONSTRAINT = "Cython<3"
 
 
 def _rx(pattern, flags=0):
@@ -578,6 +580,10 @@ def remedy_for(diagnosis, log):
     if diagnosis.failure_class == "pkg-resources":
         return Remedy(label=SETUPTOOLS_CONSTRAINT,
                       constraints=(SETUPTOOLS_CONSTRAINT,))
+    if diagnosis.failure_class == "build-dependency" and \
+            _CYTHON3.search(log):
+        return Remedy(label=CYTHON_CONSTRAINT,
+                      constraints=(CYTHON_CONSTRAINT,))
     if diagnosis.failure_class == "compiler-error":
         kinds = gcc14_errors(log)
         if kinds:
@@ -589,7 +595,7 @@ def remedy_for(diagnosis, log):
 def known_remedy(label):
     """Whether *label* names a remedy a builder may apply: what the
     master accepts as a rescue."""
-    if label == SETUPTOOLS_CONSTRAINT:
+    if label in (SETUPTOOLS_CONSTRAINT, CYTHON_CONSTRAINT):
         return True
     if label.startswith(APT_REMEDY):
         return bool(DEBIAN_PACKAGE.match(label[len(APT_REMEDY):]))

@@ -10,6 +10,9 @@ runs a piece of code first):
   like the real one, has no ``pkg_resources``, and an 81 that has it.
   Only the build constraint ``setuptools<82`` reaching pip's isolated
   build environment makes it build.
+* :func:`make_cython3_sdist` needs ``Cython`` and fails as setup.py
+  files written for Cython 0.29 fail under Cython 3 (the index's stand-in
+  Cython has both): only the build constraint ``Cython<3`` makes it build.
 * :func:`make_gcc14_sdist` compiles C code that GCC 14 rejects, with the
   errors GCC 14 made default (``-Werror=incompatible-pointer-types`` and
   ``-Werror=int-conversion``, given explicitly so that any GCC behaves
@@ -72,6 +75,19 @@ def make_pkg_resources_sdist(directory, name, version):
     """, requires=["setuptools"])
 
 
+def make_cython3_sdist(directory, name, version):
+    """Fails the way PyYAML 6.0's setup.py fails under Cython 3 (its
+    build_ext asks the extension for ``cython_sources``)."""
+    return _sdist(directory, name, version, """
+        import Cython
+        say("Cython", Cython.__version__)
+        if not Cython.__version__.startswith("0."):
+            say("AttributeError: 'dict' object has no attribute "
+                "'cython_sources'")
+            sys.exit(1)
+    """, requires=["Cython"])
+
+
 def make_gcc14_sdist(directory, name, version):
     return _sdist(directory, name, version, """
         import shlex, subprocess
@@ -126,7 +142,15 @@ def stand_in_setuptools(directory):
     ]
 
 
+def stand_in_cython(directory):
+    """Wheels of a stand-in Cython: 0.29.37 and 3.0.0."""
+    return [_wheel(directory, "Cython", version, {
+        "Cython/__init__.py": f"__version__ = {version!r}\n"})
+        for version in ("0.29.37", "3.0.0")]
+
+
 def make_setuptools_index(root, sdists, scratch):
-    """A PEP 503 index at *root* with *sdists* and the stand-in
-    setuptools."""
-    return make_simple_index(root, [*sdists, *stand_in_setuptools(scratch)])
+    """A PEP 503 index at *root* with *sdists*, the stand-in setuptools
+    and the stand-in Cython."""
+    return make_simple_index(root, [*sdists, *stand_in_setuptools(scratch),
+                                    *stand_in_cython(scratch)])

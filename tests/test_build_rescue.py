@@ -75,6 +75,25 @@ async def test_pkg_resources_is_rescued_with_a_build_constraint(
 
 
 @pytest_twisted.ensureDeferred
+async def test_cython3_is_rescued_with_a_build_constraint(
+        reactor, tmp_path, bwrap):
+    sdist = rescue_sdists.make_cython3_sdist(tmp_path / "sdists",
+                                             "oldyaml", "1.0")
+    root = rescue_sdists.make_setuptools_index(
+        tmp_path / "index", [sdist], tmp_path / "wheels")
+    outcome = await _rescued(reactor, tmp_path, bwrap,
+                             sdists.index_url(root), "oldyaml")
+    assert outcome.status, outcome.output
+    assert outcome.remedy == "Cython<3"
+    first, second = outcome.output.split(failures.retry_marker("Cython<3"))
+    assert "Cython 3.0.0" in first
+    assert "no attribute 'cython_sources'" in first
+    assert "(the first attempt failed: build-dependency)" in second
+    assert "Cython 0.29.37" in second
+    shutil.rmtree(outcome.output_dir)
+
+
+@pytest_twisted.ensureDeferred
 async def test_pkg_resources_rescue_with_pip_23(reactor, tmp_path, pip23):
     url = _pkg_resources_index(tmp_path)
     outcome = await _rescued(reactor, tmp_path, None, url, "oldsetup",

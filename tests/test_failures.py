@@ -118,6 +118,12 @@ def test_remedies():
     log = (DATA / "pkg-resources.log").read_text()
     remedy = failures.remedy_for(classify(log), log)
     assert remedy == failures.Remedy("setuptools<82", ("setuptools<82",))
+    log = (DATA / "build-dependency-cython3.log").read_text()
+    remedy = failures.remedy_for(classify(log), log)
+    assert remedy == failures.Remedy("Cython<3", ("Cython<3",))
+    assert failures.known_remedy("Cython<3")
+    log = (DATA / "build-dependency-install.log").read_text()
+    assert failures.remedy_for(classify(log), log) is None
     log = (DATA / "compiler-error-gcc14.log").read_text()
     remedy = failures.remedy_for(classify(log), log)
     assert remedy.cflags == (
