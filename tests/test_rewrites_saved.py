@@ -109,3 +109,27 @@ async def test_a_write_asked_for_while_stopping_waits_for_the_next_start(
         assert await saved(db) == set()
     finally:
         await again.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_big_queue_is_saved_in_pieces(db, output, reactor,
+                                              monkeypatch):
+    """A rebuild of every project queues PyPI's 740,000 names in one
+    turn: they are saved a piece at a time, not in one query."""
+    from piwtwist.web import page_writer as module
+    monkeypatch.setattr(module, "SAVE_PIECE", 2)
+    names = [f"p{n}" for n in range(5)]
+    for name in names:
+        await add_release(db, name, "1.0")
+    counting = CountingDatabase(db)
+    writer = page_writer(counting, output, reactor, rewrite_delay=30)
+    writer.startService()
+    try:
+        await settle(reactor, 0.05)
+        for name in names:
+            writer.request_rewrite(name)
+        await settle(reactor, 0.1)
+        assert [len(added) for _, added in counting.saves] == [2, 2, 1]
+        assert await saved(db) == {(name, "BOTH") for name in names}
+    finally:
+        await writer.stopService()

@@ -541,10 +541,13 @@ class AdminHub(service.Service):
             package = await self._known_package(package)
             self.page_writer.request_rewrite(package, both=both)
             return {"message": f"{package}'s pages will be rewritten"}
-        packages = await self.db.get_all_packages()
-        for name in packages:
-            self.page_writer.request_rewrite(name, both=both)
+        count = 0
+        # a page of names at a time: PyPI's 740,000 at once would hold the
+        # reactor while they are decoded and queued
+        async for names in self.db.package_name_pages():
+            for name in names:
+                self.page_writer.request_rewrite(name, both=both)
+            count += len(names)
         if both:
             self.page_writer.rewrite_index()
-        return {"message": f"{len(packages)} projects' pages will be "
-                           f"rewritten"}
+        return {"message": f"{count} projects' pages will be rewritten"}

@@ -645,8 +645,10 @@ class PyPIFollower(service.Service):
             self.xmlrpc.list_packages_with_serial())
         # PyPI has ~740,000 projects: about a second of canonical names
         # and sorting, done where the reactor does not wait
-        todo = await in_thread(self.clock, _unrecorded, names,
-                               await self.db.get_all_packages())
+        recorded = []
+        async for page in self.db.package_name_pages():
+            recorded.extend(page)
+        todo = await in_thread(self.clock, _unrecorded, names, recorded)
         self.log.info("populating the database from PyPI: {todo} of "
                       "{total} packages to record (journal serial {serial})",
                       todo=len(todo), total=len(names), serial=serial)

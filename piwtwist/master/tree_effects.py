@@ -517,13 +517,12 @@ class TreeEffects(service.Service):
                     _remove_dangling_links, self.output, chunk)
         # projects the database knows with no directory at all, a chunk
         # at a time so that the reactor turns in between
-        unseen = [p for p in await self.db.get_all_packages()
-                  if p not in seen]
-        for chunk in _chunks(unseen, self.chunk_size):
+        async for names in self.db.package_name_pages(self.chunk_size):
+            unseen = [p for p in names if p not in seen]
             if rewrite_pages:
-                for package in chunk:
+                for package in unseen:
                     self.page_writer.request_rewrite(package)
-            report.pages_queued += len(chunk)
+            report.pages_queued += len(unseen)
             await task.deferLater(self.reactor, 0, lambda: None)
         report.seconds = self.reactor.seconds() - started
         self.last_report = report

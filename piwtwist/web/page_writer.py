@@ -85,6 +85,10 @@ NAMES_PER_PAGE = 10_000
 SEARCH_ENTRIES_PER_CHUNK = 10_000
 
 
+#: Requests saved (or forgotten) by one query of the saved queue.
+SAVE_PIECE = 5_000
+
+
 class RateLimitedJob:
     """Run an async *job* when asked, at most once per *interval* seconds;
     requests that arrive meanwhile become one later run."""
@@ -452,17 +456,24 @@ class PageWriter(service.Service):
                                 "saving the pending page rewrites failed")
 
     async def _save_changes(self, added, done):
+        """Save in pieces of at most :data:`SAVE_PIECE` rows: a rebuild of
+        every project queues 740,000 requests in one turn, and one query
+        carrying them all would be encoded on the reactor at once."""
         delay = 0
+        added = sorted(added.values(), key=lambda r: r.added_at)
+        done = sorted(done)
         try:
-            await self.db.update_rewrites_pending(
-                done, sorted(added.values(), key=lambda r: r.added_at))
+            while added or done:
+                await self.db.update_rewrites_pending(
+                    done[:SAVE_PIECE], added[:SAVE_PIECE])
+                done, added = done[SAVE_PIECE:], added[SAVE_PIECE:]
         except DatabaseUnavailable as e:
             self.log.warn("could not save the pending page rewrites: {why}",
                           why=str(e))
             # back into the next save, unless superseded meanwhile
-            for package, request in added.items():
-                if package not in self._unsaved_done:
-                    self._unsaved_added.setdefault(package, request)
+            for request in added:
+                if request.package not in self._unsaved_done:
+                    self._unsaved_added.setdefault(request.package, request)
             self._unsaved_done.update(p for p in done
                                       if p not in self._unsaved_added)
             delay = self.save_interval
