@@ -10,6 +10,7 @@ import pytest
 import pytest_twisted
 
 from piwtwist import failures
+from piwtwist.builder import sandbox
 from piwtwist.builder.sandbox import run_build, run_build_with_rescue
 from tests import rescue_sdists, sdists
 
@@ -169,3 +170,58 @@ async def test_no_retry_without_time_left(reactor, tmp_path, monkeypatch):
     assert not outcome.status
     assert outcome.remedy == ""
     assert outcome.failure_class == "pkg-resources"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sandbox_refused_for_a_moment_is_started_again(
+        reactor, tmp_path, monkeypatch):
+    """Right after a fork bomb the kernel may refuse bubblewrap its
+    namespaces (EAGAIN: the bomb's processes still count against the
+    user's limit): the build starts again instead of failing an honest
+    release."""
+    if BWRAP is None:
+        pytest.skip("bubblewrap (bwrap) is not installed")
+    refused = tmp_path / "refused"
+    fake = tmp_path / "bwrap"
+    fake.write_text(
+        f"#!/bin/sh\n"
+        f"if [ ! -e {refused}2 ]; then\n"
+        f"  if [ -e {refused}1 ]; then touch {refused}2;"
+        f" else touch {refused}1; fi\n"
+        f"  echo 'bwrap: Creating new namespace failed: Resource "
+        f"temporarily unavailable' >&2; exit 1\n"
+        f"fi\n"
+        f"exec {BWRAP} \"$@\"\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sandbox, "SANDBOX_START_WAIT", 0.1)
+    sdist = rescue_sdists._sdist(tmp_path / "sdists", "honest", "1.0",
+                                 'say("built honestly")')
+    root = rescue_sdists.make_setuptools_index(
+        tmp_path / "index", [sdist], tmp_path / "wheels")
+    outcome = await _rescued(reactor, tmp_path, str(fake),
+                             sdists.index_url(root), "honest")
+    assert outcome.status, outcome.output
+    assert outcome.output.count("# piwtwist: the sandbox could not start "
+                                "(Creating new namespace failed") == 2
+    assert "starting it again in 0.2s" in outcome.output
+    assert "built honestly" in outcome.output
+    shutil.rmtree(outcome.output_dir)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sandbox_refused_for_good_is_a_failed_build(
+        reactor, tmp_path, monkeypatch):
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: Creating new namespace "
+                    "failed: Resource temporarily unavailable' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sandbox, "SANDBOX_START_WAIT", 0.01)
+    sdist = rescue_sdists._sdist(tmp_path / "sdists", "honest", "1.0",
+                                 'say("built honestly")')
+    root = rescue_sdists.make_setuptools_index(
+        tmp_path / "index", [sdist], tmp_path / "wheels")
+    outcome = await _rescued(reactor, tmp_path, str(fake),
+                             sdists.index_url(root), "honest")
+    assert not outcome.status
+    assert outcome.output.count("the sandbox could not start") == \
+        sandbox.SANDBOX_START_TRIES - 1

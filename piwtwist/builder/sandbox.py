@@ -22,6 +22,7 @@ once (its ``stop()`` is what a master "stop" or a shutdown calls);
 """
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -33,6 +34,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import attrs
+from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
@@ -508,6 +510,26 @@ async def run_build(reactor, package, version, index_url, build_dir, timeout,
     return await build.wait()
 
 
+#: Starts of a build whose sandbox the kernel refused for a moment, and
+#: the wait before the first new start (doubled, then tripled): a build's
+#: processes (a fork bomb's hundreds) count against the builder user's
+#: process limit until the kernel has reaped them, after the build ended.
+SANDBOX_START_TRIES = 4
+SANDBOX_START_WAIT = 2.0
+#: How bubblewrap says the kernel refused it, with EAGAIN.
+_SANDBOX_REFUSED = re.compile(
+    r"^bwrap: (.*Resource temporarily unavailable)$", re.MULTILINE)
+
+
+def _sandbox_refused(outcome):
+    """bubblewrap's complaint when a failed build never got past its
+    sandbox's start because of a transient refusal, else None."""
+    if outcome.status or outcome.duration.total_seconds() > 10:
+        return None
+    match = _SANDBOX_REFUSED.search(outcome.output[-4096:])
+    return match.group(1) if match else None
+
+
 #: A failed build is retried only when at least this much of its timeout
 #: is left.
 MIN_RETRY_SECONDS = 30.0
@@ -541,8 +563,26 @@ async def run_build_with_rescue(reactor, package, version, index_url,
             on_start(build)
         return build
 
+    async def attempt(remedy=None, timeout=timeout):
+        """One attempt, started again when the kernel refused the sandbox
+        its namespaces for a moment."""
+        notes = ""
+        for tries in range(1, SANDBOX_START_TRIES + 1):
+            outcome = await start(remedy, timeout).wait()
+            refusal = _sandbox_refused(outcome)
+            if refusal is None or tries == SANDBOX_START_TRIES or \
+                    not may_retry():
+                break
+            wait = SANDBOX_START_WAIT * tries
+            notes += (f"# piwtwist: the sandbox could not start "
+                      f"({refusal}); starting it again in {wait:g}s\n")
+            await task.deferLater(reactor, wait, lambda: None)
+        if notes:
+            outcome = attrs.evolve(outcome, output=notes + outcome.output)
+        return outcome
+
     started = reactor.seconds()
-    first = await start().wait()
+    first = await attempt()
     if first.status:
         return first
     diagnosis = await _in_thread(reactor, failures.classify, first.output,
@@ -580,7 +620,7 @@ async def run_build_with_rescue(reactor, package, version, index_url,
                                 + finding.line())
     if remedy is None or not time_left or not may_retry():
         return first
-    second = await start(remedy, left).wait()
+    second = await attempt(remedy, left)
     output = (_shortened(first.output) + installed
               + failures.retry_marker(remedy.label)
               + f" (the first attempt failed: {diagnosis.failure_class})\n"
