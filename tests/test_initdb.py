@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from piwtwist import initdb
 from piwtwist.db import schema
@@ -133,42 +132,11 @@ def load_old_schema(database):
     """)
 
 
-CATALOG_QUERIES = {
-    "columns": """
-        SELECT table_name, ordinal_position, column_name, data_type,
-               character_maximum_length, column_default, is_nullable
-        FROM information_schema.columns WHERE table_schema = 'public'
-        ORDER BY 1, 2""",
-    "constraints": """
-        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
-        FROM pg_constraint
-        WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2""",
-    "indexes": """
-        SELECT tablename, indexname, indexdef FROM pg_indexes
-        WHERE schemaname = 'public' ORDER BY 1, 2""",
-    "functions": """
-        SELECT proname, pg_get_function_identity_arguments(oid),
-               pg_get_function_result(oid), prosrc, prosecdef, provolatile,
-               proconfig, proacl::text
-        FROM pg_proc WHERE pronamespace = 'public'::regnamespace
-        ORDER BY 1, 2""",
-    "views": """
-        SELECT viewname, definition FROM pg_views
-        WHERE schemaname = 'public' ORDER BY 1""",
-    "table grants": """
-        SELECT relname, relkind, relacl::text FROM pg_class
-        WHERE relnamespace = 'public'::regnamespace ORDER BY 1""",
-    "schema grants": """
-        SELECT nspacl::text FROM pg_namespace WHERE nspname = 'public'""",
-    "database grants": """
-        SELECT replace(datacl::text, current_database(), '?')
-        FROM pg_database WHERE datname = current_database()""",
-}
 
 
 def catalog(database):
     return {name: database.sql(query)
-            for name, query in CATALOG_QUERIES.items()}
+            for name, query in schema.CATALOG_QUERIES.items()}
 
 
 def test_upgrade_from_the_first_release_equals_a_fresh_create(
@@ -178,7 +146,7 @@ def test_upgrade_from_the_first_release_equals_a_fresh_create(
     assert (code, err) == (0, "")
     assert f"Upgraded {empty_db.name} from 0.1 to {schema.SCHEMA_VERSION}" in out
     upgraded, fresh = catalog(empty_db), catalog(test_db)
-    for part in CATALOG_QUERIES:
+    for part in schema.CATALOG_QUERIES:
         assert upgraded[part] == fresh[part], part
     # the data came along and was brought up to date
     assert empty_db.sql("SELECT tool, dependency FROM dependencies "

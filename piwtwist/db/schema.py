@@ -17,6 +17,46 @@ _UPDATE_NAME = re.compile(
     r"^update_piwheels_(?P<old>\d+(?:\.\d+)*)_to_(?P<new>\d+(?:\.\d+)*)\.sql$")
 
 
+#: What describes a schema in PostgreSQL's catalog, part by part: two
+#: databases whose answers are equal have the same schema (an upgraded one
+#: and a fresh one in the tests; a kept benchmark database and the current
+#: script in bench/build_queue.py).
+CATALOG_QUERIES = {
+    "columns": """
+        SELECT table_name, ordinal_position, column_name, data_type,
+               character_maximum_length, column_default, is_nullable
+        FROM information_schema.columns WHERE table_schema = 'public'
+        ORDER BY 1, 2""",
+    "constraints": """
+        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+        FROM pg_constraint
+        WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2""",
+    "indexes": """
+        SELECT tablename, indexname, indexdef FROM pg_indexes
+        WHERE schemaname = 'public' ORDER BY 1, 2""",
+    "functions": """
+        SELECT proname, pg_get_function_identity_arguments(oid),
+               pg_get_function_result(oid), prosrc, prosecdef, provolatile,
+               proconfig, proacl::text
+        FROM pg_proc WHERE pronamespace = 'public'::regnamespace
+        ORDER BY 1, 2""",
+    "views": """
+        SELECT viewname, definition FROM pg_views
+        WHERE schemaname = 'public' ORDER BY 1""",
+    "triggers": """
+        SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid)
+        FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2""",
+    "table grants": """
+        SELECT relname, relkind, relpersistence, relacl::text FROM pg_class
+        WHERE relnamespace = 'public'::regnamespace ORDER BY 1""",
+    "schema grants": """
+        SELECT nspacl::text FROM pg_namespace WHERE nspname = 'public'""",
+    "database grants": """
+        SELECT replace(datacl::text, current_database(), '?')
+        FROM pg_database WHERE datname = current_database()""",
+}
+
+
 class SchemaError(Exception):
     """The database's schema cannot be created or upgraded as asked."""
 
