@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from piwtwist import initdb
 from piwtwist.db import schema
 from tests.conftest import MASTER_ROLE, run_sql
