@@ -172,6 +172,14 @@ async def test_no_retry_without_time_left(reactor, tmp_path, monkeypatch):
     assert outcome.failure_class == "pkg-resources"
 
 
+def _honest_index(tmp_path):
+    """The URL of an index with one release that builds."""
+    sdist = rescue_sdists._sdist(tmp_path / "sdists", "honest", "1.0",
+                                 'say("built honestly")')
+    return sdists.index_url(rescue_sdists.make_setuptools_index(
+        tmp_path / "index", [sdist], tmp_path / "wheels"))
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_sandbox_refused_for_a_moment_is_started_again(
         reactor, tmp_path, monkeypatch):
@@ -194,12 +202,8 @@ async def test_a_sandbox_refused_for_a_moment_is_started_again(
         f"exec {BWRAP} \"$@\"\n")
     fake.chmod(0o755)
     monkeypatch.setattr(sandbox, "SANDBOX_START_WAIT", 0.1)
-    sdist = rescue_sdists._sdist(tmp_path / "sdists", "honest", "1.0",
-                                 'say("built honestly")')
-    root = rescue_sdists.make_setuptools_index(
-        tmp_path / "index", [sdist], tmp_path / "wheels")
     outcome = await _rescued(reactor, tmp_path, str(fake),
-                             sdists.index_url(root), "honest")
+                             _honest_index(tmp_path), "honest")
     assert outcome.status, outcome.output
     assert outcome.output.count("# piwtwist: the sandbox could not start "
                                 "(Creating new namespace failed") == 2
@@ -216,12 +220,8 @@ async def test_a_sandbox_refused_for_good_is_a_failed_build(
                     "failed: Resource temporarily unavailable' >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setattr(sandbox, "SANDBOX_START_WAIT", 0.01)
-    sdist = rescue_sdists._sdist(tmp_path / "sdists", "honest", "1.0",
-                                 'say("built honestly")')
-    root = rescue_sdists.make_setuptools_index(
-        tmp_path / "index", [sdist], tmp_path / "wheels")
     outcome = await _rescued(reactor, tmp_path, str(fake),
-                             sdists.index_url(root), "honest")
+                             _honest_index(tmp_path), "honest")
     assert not outcome.status
     assert outcome.output.count("the sandbox could not start") == \
         sandbox.SANDBOX_START_TRIES - 1
