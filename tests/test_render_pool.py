@@ -69,3 +69,23 @@ async def test_a_killed_worker_costs_no_page(db, output, reactor):
         assert (output / "simple" / "three" / "index.html").is_file()
     finally:
         writer.render_pool.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_outlive_a_terminal_signal(db, output, reactor):
+    """systemd (and a terminal) signal the master's whole group when it is
+    to stop: the workers leave it to the master to say when they go, so
+    the pages in hand are still theirs to finish."""
+    for name in ("one", "two"):
+        await add_release(db, name, "1.0")
+    writer = page_writer(db, output, reactor, render_processes=1)
+    try:
+        assert await writer.write_project("one")
+        [worker] = list(writer.render_pool._executor._processes)
+        os.kill(worker, signal.SIGTERM)
+        os.kill(worker, signal.SIGINT)
+        assert await writer.write_project("two")
+        assert writer.render_pool.fallbacks == 0
+        assert list(writer.render_pool._executor._processes) == [worker]
+    finally:
+        writer.render_pool.stop()

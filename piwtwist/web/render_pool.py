@@ -14,6 +14,7 @@ worker costs time, never a page.
 """
 
 import multiprocessing
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -28,6 +29,10 @@ _renderer = None
 
 def _start_worker(site_name, site_url, directory):
     global _renderer
+    # the master says when to go (systemd and a terminal signal the whole
+    # group): a worker killed mid-page would cost the master its render
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _renderer = render.Renderer(site_name=site_name, site_url=site_url,
                                 directory=directory)
 
