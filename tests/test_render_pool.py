@@ -89,3 +89,30 @@ async def test_workers_outlive_a_terminal_signal(db, output, reactor):
         assert list(writer.render_pool._executor._processes) == [worker]
     finally:
         writer.render_pool.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_that_cannot_start_are_given_up(db, output, tmp_path,
+                                                      reactor,
+                                                      observe_errors):
+    """Workers whose renderer cannot even be made (templates gone) would
+    be started again for every page: after a few broken pools the master
+    renders everything itself, and says so once."""
+    from piwtwist.web import render_pool
+    for name in ("one", "two", "three", "four", "five"):
+        await add_release(db, name, "1.0")
+    writer = page_writer(db, output, reactor, render_processes=1)
+    writer.render_pool.renderer = render_pool.render.Renderer(
+        directory=tmp_path / "no-templates-here")
+    try:
+        for name in ("one", "two", "three", "four", "five"):
+            assert await writer.write_project(name)
+            assert (output / "project" / name / "index.html").is_file()
+        assert writer.render_pool.given_up
+        assert writer.render_pool.fallbacks == render_pool.GIVE_UP_AFTER
+        # said once, as an error: the operator has something to fix
+        [said] = observe_errors
+        assert "renders every page itself" in said["log_format"]
+        observe_errors.clear()
+    finally:
+        writer.render_pool.stop()

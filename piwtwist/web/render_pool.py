@@ -23,6 +23,10 @@ from twisted.logger import Logger
 
 from . import render
 
+#: New pools broken in a row (without a page rendered) before the pool
+#: gives up: workers that cannot even start would be started for ever.
+GIVE_UP_AFTER = 3
+
 #: The renderer of this worker process, made once by :func:`_start_worker`.
 _renderer = None
 
@@ -60,6 +64,10 @@ class RenderPool:
         self._executor = None
         #: pages rendered in the master because a worker died
         self.fallbacks = 0
+        #: pools broken since a page was last rendered by a worker
+        self._broken_in_a_row = 0
+        #: set when workers keep dying: every page is rendered in the master
+        self.given_up = False
 
     def _pool(self):
         if self._executor is None:
@@ -75,6 +83,8 @@ class RenderPool:
         """A Deferred firing with ``(project_page, simple_page or None)``
         as bytes, or with None when the caller must render them itself (a
         worker died: the next page gets a new pool)."""
+        if self.given_up:
+            return defer.succeed(None)
         result = defer.Deferred()
         try:
             future = self._pool().submit(_render_project, project, both)
@@ -83,7 +93,9 @@ class RenderPool:
 
         def relay(future):
             try:
-                result.callback(future.result())
+                pages = future.result()
+                self._broken_in_a_row = 0
+                result.callback(pages)
             except BrokenProcessPool as e:
                 result.callback(self._broken(project, e))
             except BaseException:
@@ -102,7 +114,14 @@ class RenderPool:
         self.fallbacks += 1
         broken, self._executor = self._executor, None
         if broken is not None:
+            self._broken_in_a_row += 1
             broken.shutdown(wait=False, cancel_futures=True)
+        if self._broken_in_a_row >= GIVE_UP_AFTER and not self.given_up:
+            self.given_up = True
+            self.log.error("page-rendering processes failed {count} times "
+                           "in a row; the master renders every page itself "
+                           "from now on (restart it to try them again)",
+                           count=self._broken_in_a_row)
         return None
 
     def stop(self):
