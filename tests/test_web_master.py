@@ -83,6 +83,7 @@ async def test_master_writes_and_serves_the_pages_of_a_build(
 async def test_the_master_saves_pending_rewrites_when_it_stops(
         reactor, test_db, tmp_path, monkeypatch):
     """The page writer saves its queue before the database pool closes."""
+    import gc
     import os
 
     from piwtwist.db.client import Database
@@ -102,13 +103,17 @@ async def test_the_master_saves_pending_rewrites_when_it_stops(
         "--control-queue", f"unix:{tmp_path}/control.sock"])
     master = tap.MasterService(options, reactor)
     master.page_writer.rewrite_delay = 3600
+    before = gc.get_threshold()
     master.startService()
     await master.started
+    # the collector tuned for short pauses while the master runs
+    assert gc.get_threshold() == tap.GC_THRESHOLDS != before
     await master.page_writer.wait_until_idle()
     await master.db.add_new_package("late-bloomer")
     master.page_writer.request_rewrite("late-bloomer")
     await master.stopService()
     assert not master.pool.running
+    assert gc.get_threshold() == before
     from piwtwist.db.pool import ConnectionPool
     pool = ConnectionPool(test_db.master_dsn, reactor)
     pool.startService()
