@@ -74,6 +74,9 @@ class _EightQueries:
     def __init__(self, facts):
         self.facts = facts
 
+    def build_ids(self):
+        return [build.build_id for build in self.facts["builds"]]
+
     def decode(self):
         return dict(self.facts)
 

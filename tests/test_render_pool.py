@@ -6,6 +6,7 @@ import signal
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 
 from tests.test_web_pages import example_project
 from tests.web_support import add_release, page_writer
@@ -114,5 +115,52 @@ async def test_workers_that_cannot_start_are_given_up(db, output, tmp_path,
         [said] = observe_errors
         assert "renders every page itself" in said["log_format"]
         observe_errors.clear()
+    finally:
+        writer.render_pool.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pool_broken_under_several_projects_counts_once(db, output,
+                                                                reactor):
+    names = ("one", "two", "three", "four")
+    for name in names:
+        await add_release(db, name, "1.0")
+    writer = page_writer(db, output, reactor, render_processes=1)
+    try:
+        assert await writer.write_project("one")
+        [worker] = list(writer.render_pool._executor._processes)
+        os.kill(worker, signal.SIGKILL)
+        results = await defer.gatherResults(
+            [defer.Deferred.fromCoroutine(writer.write_project(name))
+             for name in names[1:]])
+        assert results == [True, True, True]
+        for name in names:
+            assert (output / "project" / name / "index.html").is_file()
+        # every project in hand was made in the master, but one pool broke
+        assert writer.render_pool.fallbacks >= 1
+        assert writer.render_pool._broken_in_a_row <= 1
+        assert not writer.render_pool.given_up
+    finally:
+        writer.render_pool.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_project_the_worker_cannot_write_is_not_a_broken_pool(
+        db, output, reactor):
+    """A worker's error writing one project (here its directory is a file)
+    is that project's: said as a warning, the pool stays."""
+    for name in ("blocked", "fine"):
+        await add_release(db, name, "1.0")
+    (output / "project").mkdir()
+    (output / "project" / "blocked").write_text("in the way")
+    writer = page_writer(db, output, reactor, render_processes=1)
+    try:
+        assert not await writer.write_project("blocked")
+        assert await writer.write_project("fine")
+        assert writer.render_pool.fallbacks == 0
+        assert writer.render_pool._broken_in_a_row == 0
+        (output / "project" / "blocked").unlink()
+        assert await writer.write_project("blocked")
+        assert (output / "project" / "blocked" / "index.html").is_file()
     finally:
         writer.render_pool.stop()

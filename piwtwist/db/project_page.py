@@ -40,6 +40,10 @@ class ProjectPageRow:
     dependencies_json: str
     aliases_json: str
 
+    def build_ids(self):
+        """The ids of the package's builds (whose logs the tree needs)."""
+        return [build[0] for build in json.loads(self.builds_json)]
+
     def decode(self):
         """The keyword arguments of
         :func:`piwtwist.web.model.project_facts` that come from the

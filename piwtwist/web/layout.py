@@ -8,8 +8,8 @@ another user can read them, whatever the master's umask.
 """
 
 import os
+import itertools
 import shutil
-import tempfile
 from pathlib import Path
 
 from .. import names
@@ -63,16 +63,40 @@ def make_directories(path):
         os.chmod(directory, DIRECTORY_MODE)
 
 
+#: Makes temporary names unique within this process (with its pid, across
+#: processes: the master's threads and its render workers write the tree).
+_temporary_names = itertools.count()
+#: Characters of a file's name kept in its temporary name.
+TEMPORARY_NAME_PART = 200
+
+
 def write_atomically(path, data):
-    """Replace *path* with *data* (bytes) in one rename."""
-    path = Path(path)
-    make_directories(path.parent)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=".tmp")
+    """Replace *path* with *data* (bytes) in one rename.
+
+    The cheapest safe way, since a full rewrite writes millions of files:
+    a temporary name made from the pid and a counter (no random names to
+    try), opened exclusively, one ``write`` loop, no directory checks unless
+    the directory turns out to be missing."""
+    path = os.fspath(path)
+    directory, name = os.path.split(path)
+    # the name is only a reminder (the pid and counter make it unique):
+    # cut so that a 255-byte file name has a temporary name too
+    temporary = os.path.join(directory, f".{name[:TEMPORARY_NAME_PART]}."
+                             f"{os.getpid()}-{next(_temporary_names)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            os.fchmod(f.fileno(), FILE_MODE)
+        fd = os.open(temporary, flags, FILE_MODE)
+    except FileNotFoundError:
+        make_directories(directory)
+        fd = os.open(temporary, flags, FILE_MODE)
+    try:
+        try:
+            os.fchmod(fd, FILE_MODE)   # whatever the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         os.replace(temporary, path)
     except BaseException:
         try:

@@ -35,11 +35,14 @@ renders them and writes them atomically:
     and sitemap; the root of the simple index.  Each is rate-limited: at
     most one write per interval, however often it is asked for.
 
-Nothing here blocks the reactor: database reads are asynchronous, file
-work (metadata extraction, gzip, writes) and the CPU-heavy assembly of a
-project's facts and JSON run in a thread pool, and genshi's output is
-serialised through a :class:`~twisted.internet.task.Cooperator` a few
-chunks at a time.  Bad input (an unsafe name, a broken wheel, a vanished
+Nothing here blocks the reactor: database reads are asynchronous; a
+project's files (:mod:`~piwtwist.web.project_files`) are made and written
+by a render worker process when there are some (the master's default:
+:mod:`~piwtwist.web.render_pool`), else the file work (metadata
+extraction, gzip, writes) and the CPU-heavy assembly of its facts and JSON
+run in a thread pool and genshi's output is serialised through a
+:class:`~twisted.internet.task.Cooperator` a few chunks at a time.  Bad
+input (an unsafe name, a broken wheel, a vanished
 package) is logged as a warning and skipped.
 
 At PyPI's size (740,000 projects) two more rules hold.  A project's pages
@@ -52,7 +55,6 @@ few chunks a query, and these files are rendered a page or chunk at a time
 in a thread and written in pieces, never joined into one value.
 """
 
-import gzip
 import os
 import tempfile
 from collections import OrderedDict, deque
@@ -69,10 +71,8 @@ from ..db.pool import DatabaseUnavailable
 from ..db.records import RewritePending
 from ..master.tree_effects import remove_project_tree
 from ..resources import templates_dir
-from . import layout, render
+from . import layout, project_files, render
 from .generation import forget_generation, write_generation
-from .metadata import publish_core_metadata
-from .model import project_facts
 from .render_pool import RenderPool
 
 #: Files copied as they are from templates/ to the top of the output tree.
@@ -514,7 +514,6 @@ class PageWriter(service.Service):
 
     async def _write_project(self, package, both):
         await self._refresh_abis()
-        db = self.db
         row = await self._read_project(package)
         if row is None:
             # gone from the database: nothing of it may stay published
@@ -523,98 +522,46 @@ class PageWriter(service.Service):
             await self._in_thread(remove_project_tree, self.output, package)
             self.rewrite_index()
             return False
-        prepared = await self._in_thread(
-            self._prepare_project, package, both, row, self._abis,
-            self._preinstalled)
-        project = prepared["project"]
-        project_page, simple_page = await self._render_project(project, both)
-        pages = {layout.project_dir(self.output, package) / "index.html":
-                 project_page,
-                 layout.project_dir(self.output, package) / "json" /
-                 "index.json": prepared["project_json"]}
-        if both:
-            directory = layout.simple_dir(self.output, package)
-            pages[directory / "index.html"] = simple_page
-            pages[directory / "index.json"] = prepared["simple_json"]
-        logs = {}
-        if prepared["missing_logs"]:
-            logs = await db.get_build_outputs(prepared["missing_logs"],
-                                              LOG_BYTES_PER_QUERY)
-        await self._in_thread(self._write_project_files, package, pages,
-                              logs, project.aliases)
-        self.pages_written += len(pages)
-        for problem in prepared["problems"]:
+        missing = await self._in_thread(project_files.missing_logs,
+                                        self.output, row)
+        logs = await self.db.get_build_outputs(missing, LOG_BYTES_PER_QUERY) \
+            if missing else {}
+        written = None
+        if self.render_pool is not None:
+            written = await self.render_pool.write_project(
+                self.output, package, both, row, self._abis,
+                self._preinstalled, logs)
+        if written is None:
+            written = await self._write_here(package, both, row, logs)
+        self.pages_written += written.pages
+        for problem in written.problems:
             self.log.warn("{package}: {problem}", package=package,
                           problem=problem)
-        if both and not prepared["indexed"]:
+        if both and not written.indexed:
             self.rewrite_index()
             self.rewrite_search()
         return True
 
     def _read_project(self, package):
         """What the pages of *package* show, in one round trip (None when
-        the package is gone); anything with a ``decode()`` giving
-        :func:`~piwtwist.web.model.project_facts`' database arguments."""
+        the package is gone); anything with ``decode()`` giving
+        :func:`~piwtwist.web.model.project_facts`' database arguments and
+        ``build_ids()``."""
         return self.db.get_project_page(package)
 
-    async def _render_project(self, project, both):
-        """The project page and (when *both*) the simple page: by the
-        render pool's processes when there is one, else cooperatively."""
-        if self.render_pool is not None:
-            rendered = await self.render_pool.render_project(project, both)
-            if rendered is not None:
-                return rendered
-        project_page = await render.render_cooperatively(
-            self.cooperator, self.renderer.project_page(project))
-        simple_page = await render.render_cooperatively(
-            self.cooperator, self.renderer.simple_project(project)) \
-            if both else None
-        return project_page, simple_page
-
-    def _prepare_project(self, package, both, row, build_abis,
-                         preinstalled):
-        """Thread: decode the database's answer, publish wheels' metadata,
-        then work out the facts and the JSON (CPU work kept off the
-        reactor)."""
-        facts = row.decode()
-        facts.update(build_abis=build_abis, preinstalled=preinstalled)
-        directory = layout.simple_dir(self.output, package)
-        problems = [f"left out a file with an impossible name: "
-                    f"{f.filename!r}" for f in facts["files"]
-                    if not layout.is_safe_name(f.filename)]
-        facts["files"] = [f for f in facts["files"]
-                          if layout.is_safe_name(f.filename)]
-        hashes, unreadable = publish_core_metadata(
-            directory, [f.filename for f in facts["files"]])
-        problems += unreadable
-        project = project_facts(package, metadata_hashes=hashes, **facts)
-        missing_logs = [b.build_id for b in facts["builds"]
-                        if not layout.log_path(self.output,
-                                               b.build_id).exists()]
-        return {
-            "project": project,
-            "problems": problems,
-            "missing_logs": missing_logs,
-            "indexed": (directory / "index.html").exists(),
-            "project_json": render.project_json(project),
-            "simple_json": render.simple_project_json(project)
-            if both else None,
-        }
-
-    def _write_project_files(self, package, pages, logs, aliases):
-        """Thread: build logs first (the pages link to them), then pages."""
-        for build_id, output in logs.items():
-            layout.write_atomically(
-                layout.log_path(self.output, build_id),
-                gzip.compress(output.encode("utf-8", "replace"),
-                              compresslevel=6, mtime=0))
-        for path, data in pages.items():
-            layout.write_atomically(path, data)
-        for alias in aliases:
-            if alias != package and layout.is_safe_name(alias) and \
-                    canonicalize_name(alias) == package:
-                layout.link_atomically(
-                    layout.project_dir(self.output, alias), package)
+    async def _write_here(self, package, both, row, logs):
+        """A project's pages made in the master (without render workers,
+        or when one died): the CPU work in the thread pool, genshi through
+        the cooperator."""
+        prepared = await self._in_thread(
+            project_files.prepare, self.output, package, both, row,
+            self._abis, self._preinstalled)
+        page = await render.render_cooperatively(
+            self.cooperator, self.renderer.project_page(prepared.project))
+        pages = await self._in_thread(project_files.write_pages, self.output,
+                                      package, prepared, page, logs)
+        return project_files.Written(problems=prepared.problems,
+                                     indexed=prepared.indexed, pages=pages)
 
     async def _refresh_abis(self):
         now = self.reactor.seconds()

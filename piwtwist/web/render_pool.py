@@ -1,16 +1,18 @@
-"""Project pages rendered in worker processes.
+"""A project's pages made and written in worker processes.
 
-genshi is about half of the CPU a project's pages cost, and in the master's
-process it shares one core (and the GIL) with the reactor, the database
-answers and the file writes.  A full rewrite of PyPI's 740,000 projects is
-then hours long.  Worker processes render the two HTML pages of a project
-from its facts (plain attrs records, pickled to them) on the other cores,
-and hand the bytes back; the master keeps everything else.
+In the master's process, genshi alone was about half of a project's CPU,
+and the rest (decoding the database's answer, the JSON, publishing wheels'
+metadata, writing four files) shared the same core and GIL with the
+reactor: a full rewrite of PyPI's 740,000 projects took hours.  Workers
+take a project's row as the database gave it (plain text, cheap to pickle)
+and do all of that (:func:`~piwtwist.web.project_files.write_project`),
+returning only what the master must log or act on.  Build logs stay with
+the master, which has the database.
 
 Workers come from a ``forkserver`` (never a fork of the threaded master),
-start on the first page and are replaced when one dies: the page in hand is
-then rendered in the master, cooperatively, as without a pool, so a dying
-worker costs time, never a page.
+started in a thread when the first page is asked for, and are replaced when
+one dies: the page in hand is then made in the master, as without a pool,
+so a dying worker costs time, never a page.
 """
 
 import multiprocessing
@@ -18,10 +20,11 @@ import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from . import render
+from . import project_files, render
 
 #: New pools broken in a row (without a page rendered) before the pool
 #: gives up: workers that cannot even start would be started for ever.
@@ -41,17 +44,34 @@ def _start_worker(site_name, site_url, directory):
                                 directory=directory)
 
 
-def _render_project(project, both):
-    """Worker: the project page's bytes, and the simple page's when
-    *both*."""
-    page = render.serialize(_renderer.project_page(project))
-    simple = render.serialize(_renderer.simple_project(project)) \
-        if both else None
-    return page, simple
+def _write_project(output, package, both, row, build_abis, preinstalled,
+                   logs):
+    """Worker: a project's logs and pages, made and written."""
+    return project_files.write_project(_renderer, output, package, both, row,
+                                       build_abis, preinstalled, logs)
+
+
+class PoolStopped(Exception):
+    """The pool was stopped while its workers started."""
+
+
+def _ready():
+    """Worker: nothing; answered once the worker has started."""
+    return True
+
+
+def _start_all(executor, processes):
+    """Thread: start the forkserver and every worker of *executor* (each
+    submit finding no idle worker starts one), so that no later submit on
+    the reactor starts a process."""
+    for future in [executor.submit(_ready) for _ in range(processes)]:
+        future.result()
+    return executor
 
 
 class RenderPool:
-    """*processes* workers rendering with a renderer like *renderer*."""
+    """*processes* workers writing projects with a renderer like
+    *renderer*."""
 
     log = Logger()
 
@@ -62,42 +82,88 @@ class RenderPool:
         self.renderer = renderer
         self.processes = processes
         self._executor = None
-        #: pages rendered in the master because a worker died
+        #: callers waiting for a pool being started
+        self._waiting = None
+        #: projects made in the master because a worker died
         self.fallbacks = 0
-        #: pools broken since a page was last rendered by a worker
+        #: pools broken since a project was last made by a worker
         self._broken_in_a_row = 0
         #: set when workers keep dying: every page is rendered in the master
         self.given_up = False
+        #: counts the stops: a pool started before a stop is not kept
+        self._stops = 0
 
-    def _pool(self):
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(
-                max_workers=self.processes,
-                mp_context=multiprocessing.get_context("forkserver"),
-                initializer=_start_worker,
-                initargs=(self.renderer.site_name, self.renderer.site_url,
-                          self.renderer.directory))
-        return self._executor
+    def _new_executor(self):
+        return ProcessPoolExecutor(
+            max_workers=self.processes,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_start_worker,
+            initargs=(self.renderer.site_name, self.renderer.site_url,
+                      self.renderer.directory))
 
-    def render_project(self, project, both):
-        """A Deferred firing with ``(project_page, simple_page or None)``
-        as bytes, or with None when the caller must render them itself (a
-        worker died: the next page gets a new pool)."""
+    def _ready_pool(self):
+        """A Deferred firing with a pool whose workers run; they start in
+        a thread (the forkserver and a process each: tens of ms)."""
+        if self._executor is not None:
+            return defer.succeed(self._executor)
+        waiter = defer.Deferred()
+        if self._waiting is not None:
+            self._waiting.append(waiter)
+            return waiter
+        self._waiting = [waiter]
+        executor = self._new_executor()
+        stops = self._stops
+
+        def started(result):
+            waiting, self._waiting = self._waiting, None
+            if stops != self._stops and not isinstance(result, Failure):
+                result = Failure(PoolStopped())
+            if isinstance(result, Failure):
+                executor.shutdown(wait=False, cancel_futures=True)
+                if not result.check(PoolStopped):
+                    self._count_broken()
+            else:
+                self._executor = executor
+            for each in waiting:
+                each.callback(result) if not isinstance(result, Failure) \
+                    else each.errback(result)
+
+        threads.deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), _start_all,
+            executor, self.processes).addBoth(started)
+        return waiter
+
+    async def write_project(self, output, package, both, row, build_abis,
+                            preinstalled, logs):
+        """The worker's :class:`~piwtwist.web.project_files.Written`, or
+        None when the caller must do the work itself (a worker died: the
+        next project gets a new pool)."""
         if self.given_up:
-            return defer.succeed(None)
-        result = defer.Deferred()
+            return None
+        executor = None
         try:
-            future = self._pool().submit(_render_project, project, both)
+            executor = await self._ready_pool()
+            future = executor.submit(_write_project, output, package, both,
+                                     row, build_abis, preinstalled, logs)
+        except PoolStopped:
+            return None
         except (BrokenProcessPool, RuntimeError) as e:
-            return defer.succeed(self._broken(project, e))
+            # RuntimeError: a pool shut down (by a stop, or broken)
+            return self._broken(package, e, executor)
+        try:
+            written = await self._completed(future)
+        except BrokenProcessPool as e:
+            return self._broken(package, e, executor)
+        self._broken_in_a_row = 0
+        return written
+
+    def _completed(self, future):
+        """A Deferred of *future*'s result, fired on the reactor."""
+        result = defer.Deferred()
 
         def relay(future):
             try:
-                pages = future.result()
-                self._broken_in_a_row = 0
-                result.callback(pages)
-            except BrokenProcessPool as e:
-                result.callback(self._broken(project, e))
+                result.callback(future.result())
             except BaseException:
                 result.errback()
 
@@ -106,28 +172,34 @@ class RenderPool:
             lambda future: self.reactor.callFromThread(relay, future))
         return result
 
-    def _broken(self, project, why):
+    def _broken(self, package, why, executor):
+        """The pool *executor* (None: one that did not start) failed the
+        project *package*; every project it had in hand comes here, but a
+        pool counts once."""
         self.log.warn("a page-rendering process failed ({why}); the pages "
                       "of {package} are rendered in the master",
                       why=str(why) or why.__class__.__name__,
-                      package=project.package)
+                      package=package)
         self.fallbacks += 1
-        broken, self._executor = self._executor, None
-        if broken is not None:
-            self._broken_in_a_row += 1
-            broken.shutdown(wait=False, cancel_futures=True)
+        if executor is not None and executor is self._executor:
+            self._executor = None
+            executor.shutdown(wait=False, cancel_futures=True)
+            self._count_broken()
+        return None
+
+    def _count_broken(self):
+        self._broken_in_a_row += 1
         if self._broken_in_a_row >= GIVE_UP_AFTER and not self.given_up:
             self.given_up = True
             self.log.error("page-rendering processes failed {count} times "
                            "in a row; the master renders every page itself "
                            "from now on (restart it to try them again)",
                            count=self._broken_in_a_row)
-        return None
 
     def stop(self):
         """Let the workers go (pages in hand are finished first by the
         caller: the page writer stops its own work before this)."""
+        self._stops += 1
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
-
