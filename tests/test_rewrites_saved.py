@@ -133,3 +133,55 @@ async def test_a_big_queue_is_saved_in_pieces(db, output, reactor,
         assert await saved(db) == {(name, "BOTH") for name in names}
     finally:
         await writer.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_big_queue_refused_in_the_middle_loses_nothing(
+        db, output, reactor, monkeypatch):
+    """The database goes away after the first piece: the rest, and the
+    piece in hand, are saved at the next try."""
+    from piwtwist.web import page_writer as module
+    monkeypatch.setattr(module, "SAVE_PIECE", 2)
+    names = [f"p{n}" for n in range(5)]
+    counting = CountingDatabase(db)
+    original = counting.update_rewrites_pending
+    calls = []
+
+    async def refuse_the_second(done, added):
+        calls.append(len(added))
+        if len(calls) == 2:
+            raise DatabaseUnavailable("the database went away")
+        await original(done, added)
+
+    counting.update_rewrites_pending = refuse_the_second
+    writer = page_writer(counting, output, reactor, rewrite_delay=30,
+                         save_interval=0.1)
+    writer.startService()
+    try:
+        await settle(reactor, 0.05)
+        for name in names:
+            writer.request_rewrite(name, both=name != "p4")
+        await settle(reactor, 0.5)
+        assert await saved(db) == {(name, "BOTH") for name in names[:4]} | {
+            ("p4", "PROJECT")}
+    finally:
+        await writer.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_big_queue_adds_nothing_the_collector_tracks(
+        db, output, reactor):
+    """Every tracked object lengthens the master's full garbage
+    collections (reactor stalls); a full rebuild queues one request per
+    project, PyPI has 740,000."""
+    import gc
+    writer = page_writer(db, output, reactor, rewrite_delay=3600,
+                         save_interval=3600)
+    names = [f"p{n}" for n in range(20_000)]
+    gc.collect()
+    before = len(gc.get_objects())
+    for name in names:
+        writer._add(name, "BOTH", save=False)
+    gc.collect()
+    assert len(writer._pending) == len(names)
+    assert len(gc.get_objects()) - before < 100

@@ -58,6 +58,7 @@ in a thread and written in pieces, never joined into one value.
 import os
 import tempfile
 from collections import OrderedDict, deque
+from itertools import chain, islice
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -388,14 +389,18 @@ class PageWriter(service.Service):
         return canonical
 
     def _add(self, package, command, added_at=None, save=True):
+        """Queue *command* for *package*.  The queue holds plain ``(command,
+        added_at)`` tuples, which the garbage collector stops tracking: a
+        full rebuild queues every project (PyPI has 740,000), and records
+        it tracked would lengthen every full collection, a reactor stall."""
         existing = self._pending.get(package)
         if existing is not None:
-            if existing.command == "BOTH" or command == existing.command:
+            existing_command, existing_added_at = existing
+            if existing_command == "BOTH" or command == existing_command:
                 return
             command = "BOTH"
-        self._pending[package] = RewritePending(
-            package=package, command=command,
-            added_at=existing.added_at if existing is not None
+        self._pending[package] = (
+            command, existing_added_at if existing is not None
             else added_at or datetime.now(timezone.utc))
         if save:
             self._unsaved_added[package] = self._pending[package]
@@ -425,9 +430,9 @@ class PageWriter(service.Service):
         while self._pending and self.running:
             package, request = self._pending.popitem(last=False)
             self._in_progress[package] = request
+            command, _ = request
             try:
-                await self.write_project(package,
-                                         both=request.command == "BOTH")
+                await self.write_project(package, both=command == "BOTH")
             finally:
                 del self._in_progress[package]
                 if package not in self._pending:
@@ -456,25 +461,34 @@ class PageWriter(service.Service):
                                 "saving the pending page rewrites failed")
 
     async def _save_changes(self, added, done):
-        """Save in pieces of at most :data:`SAVE_PIECE` rows: a rebuild of
-        every project queues 740,000 requests in one turn, and one query
-        carrying them all would be encoded on the reactor at once."""
+        """Save in pieces of at most :data:`SAVE_PIECE` rows, each made as
+        it is sent: a rebuild of every project queues 740,000 requests in
+        one turn, and one query carrying them all (or sorting them) would
+        hold the reactor."""
         delay = 0
-        added = sorted(added.values(), key=lambda r: r.added_at)
-        done = sorted(done)
+        added, done = iter(added.items()), iter(done)
+        piece_added = piece_done = ()
         try:
-            while added or done:
-                await self.db.update_rewrites_pending(
-                    done[:SAVE_PIECE], added[:SAVE_PIECE])
-                done, added = done[SAVE_PIECE:], added[SAVE_PIECE:]
+            while True:
+                piece_added = [
+                    RewritePending(package=package, command=command,
+                                   added_at=added_at)
+                    for package, (command, added_at)
+                    in islice(added, SAVE_PIECE)]
+                piece_done = list(islice(done, SAVE_PIECE))
+                if not piece_added and not piece_done:
+                    break
+                await self.db.update_rewrites_pending(piece_done, piece_added)
         except DatabaseUnavailable as e:
             self.log.warn("could not save the pending page rewrites: {why}",
                           why=str(e))
             # back into the next save, unless superseded meanwhile
-            for request in added:
-                if request.package not in self._unsaved_done:
-                    self._unsaved_added.setdefault(request.package, request)
-            self._unsaved_done.update(p for p in done
+            unsaved = chain(((r.package, (r.command, r.added_at))
+                             for r in piece_added), added)
+            for package, request in unsaved:
+                if package not in self._unsaved_done:
+                    self._unsaved_added.setdefault(package, request)
+            self._unsaved_done.update(p for p in chain(piece_done, done)
                                       if p not in self._unsaved_added)
             delay = self.save_interval
         finally:
