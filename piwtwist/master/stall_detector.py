@@ -44,6 +44,11 @@ class StallDetector(service.Service):
         #: way, of the last complete one, and since the start
         self.gc_longest = 0.0
         self.gc_last_longest = None
+        #: the generation of the interval's longest collection, and how
+        #: many collections of each generation it saw (for the log line)
+        self.gc_longest_generation = self.gc_last_generation = None
+        self.gc_counts = [0, 0, 0]
+        self.gc_last_counts = None
         self.gc_worst = 0.0
         self._gc_started = None
         self.tick = tick
@@ -76,7 +81,11 @@ class StallDetector(service.Service):
         elif self._gc_started is not None:
             pause = self.timer() - self._gc_started
             self._gc_started = None
-            self.gc_longest = max(self.gc_longest, pause)
+            generation = info.get("generation", 0)
+            self.gc_counts[min(generation, 2)] += 1
+            if pause > self.gc_longest:
+                self.gc_longest = pause
+                self.gc_longest_generation = generation
             self.gc_worst = max(self.gc_worst, pause)
 
     def recent(self):
@@ -121,19 +130,29 @@ class StallDetector(service.Service):
     def _report(self, elapsed):
         self.last_longest, self.longest = self.longest, 0.0
         self.gc_last_longest, self.gc_longest = self.gc_longest, 0.0
+        self.gc_last_generation, self.gc_longest_generation = \
+            self.gc_longest_generation, None
+        self.gc_last_counts, self.gc_counts = self.gc_counts, [0, 0, 0]
+        collections = "/".join(str(n) for n in self.gc_last_counts)
         if self.last_longest > self.threshold:
             self.log.warn(
                 "longest reactor stall in the last {elapsed:.0f}s: "
                 "{stall_ms:.0f} ms (more than {threshold_ms:.0f} ms: "
                 "something blocks the reactor); longest garbage "
-                "collection {gc_ms:.0f} ms",
+                "collection {gc_ms:.0f} ms (generation {generation}; "
+                "collections of generations 0/1/2: {collections})",
                 elapsed=elapsed, stall_ms=self.last_longest * 1000,
                 threshold_ms=self.threshold * 1000,
-                gc_ms=self.gc_last_longest * 1000)
+                gc_ms=self.gc_last_longest * 1000,
+                generation=self.gc_last_generation,
+                collections=collections)
         else:
             self.log.info(
                 "longest reactor stall in the last {elapsed:.0f}s: "
                 "{stall_ms:.0f} ms; longest garbage collection "
-                "{gc_ms:.0f} ms",
+                "{gc_ms:.0f} ms (generation {generation}; collections of "
+                "generations 0/1/2: {collections})",
                 elapsed=elapsed, stall_ms=self.last_longest * 1000,
-                gc_ms=self.gc_last_longest * 1000)
+                gc_ms=self.gc_last_longest * 1000,
+                generation=self.gc_last_generation,
+                collections=collections)
