@@ -12,6 +12,9 @@ pages it records never reach the generated one, and measures:
    the first build, and the full rewrite it does (pages/s);
 2. a second start with nothing changed: the same times, and how many
    index and project files were rewritten (their mtimes; target 0);
+   then a start after an upgrade (the site generation changed, as new
+   templates would): the full rewrite of an existing tree with nothing
+   else to do, the rate issue 15's one-hour target is about;
 3. ``--minutes`` of mixed load: the follower catching up a fake PyPI's
    journal (``--events``, 50,000 by default), ``--builders`` simulated
    builders (bench/scale_builders.py, another process) building and
@@ -522,6 +525,25 @@ class ScaleBench(Bench):
         self.figures["restart"] = dict(times, changed=len(changed),
                                        files=len(after))
 
+    def phase_upgrade(self):
+        """A start whose site generation differs from the tree's (what an
+        upgrade with new templates does): a full rewrite over the pages
+        and logs already there, nothing else running."""
+        generation = self.output / ".generation"
+        generation.write_text("an older release of piwtwist\n")
+        master, times = self.start(
+            "upgrade", "2b. Start after an upgrade (site generation "
+            "changed): full rewrite of the tree", wait_rewrite=True)
+        (count, seconds), = master.rewrites()[-1:]
+        rate = count * FILES_PER_PROJECT / seconds if seconds else 0
+        out(f"  full rewrite: {count:,} projects in {seconds:.1f} s = "
+            f"{count / seconds:,.0f} projects/s, {rate:,.0f} pages/s "
+            f"(logs already there)")
+        master.stop()
+        self.report_stalls("  ", master)
+        out()
+        self.figures["upgrade"] = dict(times, rewrite=(count, seconds))
+
     def phase_load(self):
         minutes = self.args.minutes
         out(f"3. Mixed load for {minutes:g} min: follower catching up "
@@ -667,6 +689,7 @@ class ScaleBench(Bench):
         rows = []
         first = self.figures.get("first", {})
         restart = self.figures.get("restart", {})
+        upgrade = self.figures.get("upgrade", {})
         load = self.figures.get("load", {})
         quiet = self.time_statistics(3)
         stats = statistics.median(quiet)
@@ -712,6 +735,7 @@ class ScaleBench(Bench):
             row("get_statistics(), under load (worst)", fmt_ms(worst),
                 f"< {TARGET_STATISTICS:g} s", worst < TARGET_STATISTICS)
         for label, figures in (("first start, logs too", first),
+                               ("after an upgrade", upgrade),
                                ("under load", load)):
             if not figures or not figures.get("rewrite"):
                 continue
@@ -750,6 +774,7 @@ class ScaleBench(Bench):
             out()
             self.phase_first_start()
             self.phase_restart()
+            self.phase_upgrade()
             if self.args.minutes > 0:
                 self.phase_load()
             self.summary()

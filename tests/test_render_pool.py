@@ -3,6 +3,7 @@ master, and a worker killed mid-rewrite costs no page."""
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -162,5 +163,27 @@ async def test_a_project_the_worker_cannot_write_is_not_a_broken_pool(
         (output / "project" / "blocked").unlink()
         assert await writer.write_project("blocked")
         assert (output / "project" / "blocked" / "index.html").is_file()
+    finally:
+        writer.render_pool.stop()
+
+
+def niceness(pid):
+    fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(
+        ")", 1)[1].split()
+    return int(fields[16])          # field 19 of proc(5)
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_yield_the_cores_to_the_master(db, output, reactor):
+    """Workers take what the master and PostgreSQL leave idle: they run
+    niced, so the reactor is never behind them for a core."""
+    from piwtwist.web.render_pool import WORKER_NICENESS
+    await add_release(db, "one", "1.0")
+    writer = page_writer(db, output, reactor, render_processes=1)
+    try:
+        assert await writer.write_project("one")
+        [worker] = list(writer.render_pool._executor._processes)
+        assert niceness(worker) == min(19, niceness(os.getpid()) +
+                                       WORKER_NICENESS)
     finally:
         writer.render_pool.stop()

@@ -48,9 +48,10 @@ from .tree_effects import TreeEffects
 #: objects waits longer; the master makes little of it.
 GC_THRESHOLDS = (50_000, 50, 100)
 
-#: Page-rendering worker processes by default: every core but the master's
-#: own, up to four.
-DEFAULT_RENDER_PROCESSES = max(0, min(4, (os.cpu_count() or 1) - 1))
+#: Page-writing worker processes by default: one per core, up to four.
+#: They run at a lower priority (render_pool.WORKER_NICENESS), so they take
+#: the cores the master and PostgreSQL leave idle, never the reactor's.
+DEFAULT_RENDER_PROCESSES = max(1, min(4, os.cpu_count() or 1))
 
 
 def _platform_aliases(value):
@@ -108,8 +109,9 @@ class Options(ToolOptions):
          "writing and statistics use at most all but one, so recording "
          "builds and admin actions never wait behind them.", int],
         ["render-processes", None, DEFAULT_RENDER_PROCESSES,
-         "Worker processes rendering project pages (0: in the master's "
-         "own process).  The default leaves one core to the master.", int],
+         "Worker processes making and writing project pages (0: in the "
+         "master's own process).  They run at a lower priority than the "
+         "master; the default is one per core, up to four.", int],
         ["hit-retention", None, 90,
          "Days to keep raw hits (downloads, searches, page views); the "
          "daily counts are kept for ever.  0 keeps everything.", int],

@@ -16,7 +16,10 @@ so a dying worker costs time, never a page.
 """
 
 import multiprocessing
+import os
+import select
 import signal
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -30,12 +33,38 @@ from . import project_files, render
 #: gives up: workers that cannot even start would be started for ever.
 GIVE_UP_AFTER = 3
 
+#: How much nicer than the master workers are (nice(2)): they get the
+#: cores the master, its reactor and PostgreSQL leave idle.
+WORKER_NICENESS = 10
+
 #: The renderer of this worker process, made once by :func:`_start_worker`.
 _renderer = None
 
 
-def _start_worker(site_name, site_url, directory):
+def _end_with(master_pid):
+    """Leave as soon as the master's process ends.  A worker ignores
+    SIGTERM and waits on its queue, and multiprocessing's forkserver lives
+    as long as its children do, so a master killed outright (the OOM
+    killer, ``kill -9``), or gone before telling its workers, would leave
+    them running for ever.  A thread waits on the master's pidfd."""
+    try:
+        pidfd = os.pidfd_open(master_pid)
+    except ProcessLookupError:
+        os._exit(0)
+    except (AttributeError, OSError):    # no pidfd here: the master's stop
+        return
+
+    def watch():
+        select.select([pidfd], [], [])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="master watch", daemon=True).start()
+
+
+def _start_worker(master_pid, site_name, site_url, directory):
     global _renderer
+    _end_with(master_pid)
+    os.nice(WORKER_NICENESS)
     # the master says when to go (systemd and a terminal signal the whole
     # group): a worker killed mid-page would cost the master its render
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -98,8 +127,8 @@ class RenderPool:
             max_workers=self.processes,
             mp_context=multiprocessing.get_context("forkserver"),
             initializer=_start_worker,
-            initargs=(self.renderer.site_name, self.renderer.site_url,
-                      self.renderer.directory))
+            initargs=(os.getpid(), self.renderer.site_name,
+                      self.renderer.site_url, self.renderer.directory))
 
     def _ready_pool(self):
         """A Deferred firing with a pool whose workers run; they start in
