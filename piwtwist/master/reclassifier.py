@@ -95,16 +95,20 @@ class Reclassifier(service.Service):
             if not rows:
                 break
             results = await self._classify(rows)
-            changed.update(await self.db.set_failure_classes(results))
+            packages = set(await self.db.set_failure_classes(results))
+            # asked for a chunk at a time: the first pass after an upgrade
+            # changes most projects, and hundreds of thousands of requests
+            # in one turn would hold the reactor
+            if self.page_writer is not None:
+                for package in sorted(packages - changed):
+                    self.page_writer.request_rewrite(package, both=False)
+            changed |= packages
             classified += len(results)
             after = rows[-1].build_id
         if classified:
             self.log.info("classified {count} stored build failure(s); "
                           "{changed} project(s) changed", count=classified,
                           changed=len(changed))
-        if self.page_writer is not None:
-            for package in sorted(changed):
-                self.page_writer.request_rewrite(package, both=False)
         return classified
 
     def _classify(self, rows):
