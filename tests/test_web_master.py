@@ -107,7 +107,8 @@ async def test_the_master_saves_pending_rewrites_when_it_stops(
     master.startService()
     await master.started
     # the collector tuned for short pauses while the master runs
-    assert gc.get_threshold() == tap.GC_THRESHOLDS != before
+    from piwtwist.master.collector import GC_THRESHOLDS
+    assert gc.get_threshold() == GC_THRESHOLDS != before
     await master.page_writer.wait_until_idle()
     await master.db.add_new_package("late-bloomer")
     master.page_writer.request_rewrite("late-bloomer")

@@ -6,7 +6,6 @@ everything that needs the database.  If the first step fails the reactor
 stops with one clear sentence instead of a half-started master.
 """
 
-import gc
 import os
 import sys
 from pathlib import Path
@@ -35,18 +34,11 @@ from .control_hub import ControlHub, control_needs_authentication
 from .hit_recorder import HitRecorder
 from .pypi_follower import new_pypi_follower, page_writer_listener
 from .reclassifier import Reclassifier
+from .collector import CollectorTuning
 from .stall_detector import StallDetector
 from .systemd import notify_ready, notify_stopping
 from .tree_effects import TreeEffects
 
-#: Python's collector, tuned for a master that must never pause long:
-#: with the defaults (700, 10, 10) every minute of load brought a full
-#: collection over the master's ~200,000 objects, the longest reactor
-#: stall (bench/follower.py, 50,000 events: 125-169 ms, each a collection);
-#: collecting the young generation every 50,000 allocations makes full
-#: collections rare (same bench: 25-34 ms).  Cyclic garbage of long-lived
-#: objects waits longer; the master makes little of it.
-GC_THRESHOLDS = (50_000, 50, 100)
 
 #: Page-writing worker processes by default: one per core, up to four.
 #: They run at a lower priority (render_pool.WORKER_NICENESS), so they take
@@ -186,6 +178,7 @@ class MasterService(service.MultiService):
         self.watchdog.setServiceParent(self)
         self.stall_detector = StallDetector(reactor)
         self.stall_detector.setServiceParent(self)
+        CollectorTuning(reactor).setServiceParent(self)
         # page writing and statistics read through the pool's bulk lane,
         # which never holds its last connection: build recording, admin
         # actions and hits always have one (and are served first)
@@ -196,8 +189,6 @@ class MasterService(service.MultiService):
         bulk_db = Database(self.pool.bulk())
         self.dependents = service.MultiService()
         self.log_observers = None
-        #: the collector's thresholds before start, restored at stop
-        self._gc_thresholds = None
         self.started = None
         output = options["output-path"]
         self.queue = BuildQueue(self.db, reactor,
@@ -297,8 +288,6 @@ class MasterService(service.MultiService):
 
     def startService(self):
         self.log_observers = add_log_observers(self.options)
-        self._gc_thresholds = gc.get_threshold()
-        gc.set_threshold(*GC_THRESHOLDS)
         super().startService()
         self.started = defer.Deferred.fromCoroutine(self._start())
         self.started.addErrback(self._failed)
@@ -339,8 +328,6 @@ class MasterService(service.MultiService):
         await super().stopService()
         if self.log_observers is not None:
             self.log_observers.remove()
-        if self._gc_thresholds is not None:
-            gc.set_threshold(*self._gc_thresholds)
 
 
 def makeService(options):
