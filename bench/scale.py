@@ -465,12 +465,9 @@ class ScaleBench(Bench):
         master, times = self.start(
             "first", "1. First start, empty output tree (every page written)",
             wait_rewrite=True)
-        (count, seconds), = master.rewrites()[-1:]
-        rate = count * FILES_PER_PROJECT / seconds if seconds else 0
-        out(f"  full rewrite at start: {count:,} projects in {seconds:.1f} s"
-            f" = {count / seconds:,.0f} projects/s, {rate:,.0f} pages/s "
-            f"(project page, JSON and simple index; build logs written "
-            f"too, the first time)")
+        count, seconds = self.report_rewrite(
+            master, "full rewrite at start", "project page, JSON and simple "
+            "index; build logs written too, the first time")
         # what was queued meanwhile (the reclassifier's pages, the probe's
         # build) is written before the stop, as after any long run
         drained = self.wait_drained(master)
@@ -482,6 +479,16 @@ class ScaleBench(Bench):
         self.report_stalls("  ", master)
         out()
         self.figures["first"] = dict(times, rewrite=(count, seconds))
+
+    @staticmethod
+    def report_rewrite(master, what, note):
+        """Print the master's last full rewrite; its (projects, seconds)."""
+        (count, seconds), = master.rewrites()[-1:]
+        rate = count * FILES_PER_PROJECT / seconds if seconds else 0
+        out(f"  {what}: {count:,} projects in {seconds:.1f} s = "
+            f"{count / seconds:,.0f} projects/s, {rate:,.0f} pages/s "
+            f"({note})")
+        return count, seconds
 
     def wait_drained(self, master):
         """Wait --settle seconds, then until the page writer's saved queue
@@ -534,11 +541,8 @@ class ScaleBench(Bench):
         master, times = self.start(
             "upgrade", "2b. Start after an upgrade (site generation "
             "changed): full rewrite of the tree", wait_rewrite=True)
-        (count, seconds), = master.rewrites()[-1:]
-        rate = count * FILES_PER_PROJECT / seconds if seconds else 0
-        out(f"  full rewrite: {count:,} projects in {seconds:.1f} s = "
-            f"{count / seconds:,.0f} projects/s, {rate:,.0f} pages/s "
-            f"(logs already there)")
+        count, seconds = self.report_rewrite(master, "full rewrite",
+                                             "logs already there")
         master.stop()
         self.report_stalls("  ", master)
         out()

@@ -27,6 +27,14 @@ def read_pages(output):
     return {name: (output / name).read_bytes() for name in PAGES}
 
 
+async def pooled_writer(db, output, reactor, names):
+    """A page writer with one render worker, and a release of each of
+    *names* to write."""
+    for name in names:
+        await add_release(db, name, "1.0")
+    return page_writer(db, output, reactor, render_processes=1)
+
+
 @pytest_twisted.ensureDeferred
 async def test_worker_pages_are_the_masters_pages(db, output, tmp_path,
                                                   reactor):
@@ -51,9 +59,8 @@ async def test_worker_pages_are_the_masters_pages(db, output, tmp_path,
 
 @pytest_twisted.ensureDeferred
 async def test_a_killed_worker_costs_no_page(db, output, reactor):
-    for name in ("one", "two", "three"):
-        await add_release(db, name, "1.0")
-    writer = page_writer(db, output, reactor, render_processes=1)
+    writer = await pooled_writer(db, output, reactor,
+                                 ("one", "two", "three"))
     try:
         assert await writer.write_project("one")
         [worker] = list(writer.render_pool._executor._processes)
@@ -78,9 +85,7 @@ async def test_workers_outlive_a_terminal_signal(db, output, reactor):
     """systemd (and a terminal) signal the master's whole group when it is
     to stop: the workers leave it to the master to say when they go, so
     the pages in hand are still theirs to finish."""
-    for name in ("one", "two"):
-        await add_release(db, name, "1.0")
-    writer = page_writer(db, output, reactor, render_processes=1)
+    writer = await pooled_writer(db, output, reactor, ("one", "two"))
     try:
         assert await writer.write_project("one")
         [worker] = list(writer.render_pool._executor._processes)
@@ -101,13 +106,12 @@ async def test_workers_that_cannot_start_are_given_up(db, output, tmp_path,
     be started again for every page: after a few broken pools the master
     renders everything itself, and says so once."""
     from piwtwist.web import render_pool
-    for name in ("one", "two", "three", "four", "five"):
-        await add_release(db, name, "1.0")
-    writer = page_writer(db, output, reactor, render_processes=1)
+    names = ("one", "two", "three", "four", "five")
+    writer = await pooled_writer(db, output, reactor, names)
     writer.render_pool.renderer = render_pool.render.Renderer(
         directory=tmp_path / "no-templates-here")
     try:
-        for name in ("one", "two", "three", "four", "five"):
+        for name in names:
             assert await writer.write_project(name)
             assert (output / "project" / name / "index.html").is_file()
         assert writer.render_pool.given_up
@@ -124,9 +128,7 @@ async def test_workers_that_cannot_start_are_given_up(db, output, tmp_path,
 async def test_a_pool_broken_under_several_projects_counts_once(db, output,
                                                                 reactor):
     names = ("one", "two", "three", "four")
-    for name in names:
-        await add_release(db, name, "1.0")
-    writer = page_writer(db, output, reactor, render_processes=1)
+    writer = await pooled_writer(db, output, reactor, names)
     try:
         assert await writer.write_project("one")
         [worker] = list(writer.render_pool._executor._processes)
@@ -150,11 +152,9 @@ async def test_a_project_the_worker_cannot_write_is_not_a_broken_pool(
         db, output, reactor):
     """A worker's error writing one project (here its directory is a file)
     is that project's: said as a warning, the pool stays."""
-    for name in ("blocked", "fine"):
-        await add_release(db, name, "1.0")
     (output / "project").mkdir()
     (output / "project" / "blocked").write_text("in the way")
-    writer = page_writer(db, output, reactor, render_processes=1)
+    writer = await pooled_writer(db, output, reactor, ("blocked", "fine"))
     try:
         assert not await writer.write_project("blocked")
         assert await writer.write_project("fine")
@@ -178,8 +178,7 @@ async def test_workers_yield_the_cores_to_the_master(db, output, reactor):
     """Workers take what the master and PostgreSQL leave idle: they run
     niced, so the reactor is never behind them for a core."""
     from piwtwist.web.render_pool import WORKER_NICENESS
-    await add_release(db, "one", "1.0")
-    writer = page_writer(db, output, reactor, render_processes=1)
+    writer = await pooled_writer(db, output, reactor, ["one"])
     try:
         assert await writer.write_project("one")
         [worker] = list(writer.render_pool._executor._processes)
