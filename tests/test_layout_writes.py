@@ -57,3 +57,15 @@ def test_a_failed_rename_leaves_the_old_file(tmp_path):
         layout.write_atomically(target, b"page")
     assert target.is_dir()
     assert entries(tmp_path) == ["page.html"]
+
+
+def test_write_if_changed_leaves_the_same_bytes_alone(tmp_path):
+    target = tmp_path / "site.css"
+    assert layout.write_if_changed(target, b"body {}")
+    before = target.stat().st_mtime_ns, target.stat().st_ino
+    assert not layout.write_if_changed(target, b"body {}")
+    assert (target.stat().st_mtime_ns, target.stat().st_ino) == before
+    # longer, shorter, other: written
+    for data in (b"body {} p {}", b"body", b"h1 {}"):
+        assert layout.write_if_changed(target, data)
+        assert target.read_bytes() == data

@@ -12,6 +12,8 @@ from tests.e2e import Deployment, wait_for
 from tests.web_support import generate_site
 
 PROJECTS = 12
+#: Site files that change only with an upgrade.
+UNCHANGING = ("faq.html", "404.html", "site.css", "search.js")
 CHANGED = "pkg-000005"
 
 
@@ -61,11 +63,16 @@ async def test_restart_rewrites_only_what_changed(reactor, test_db):
         # simple and project pages, their JSON; the root of the index
         assert len(first) == PROJECTS * 4 + 2
 
-        # nothing changed: nothing is rewritten
+        # nothing changed: nothing is rewritten, the pages that change
+        # only with an upgrade included
+        unchanging = {name: (output / name).stat().st_mtime_ns
+                      for name in UNCHANGING}
         log = await run_master(reactor, deployment, "tree audit:")
         assert "wrote the pages of" not in log
         assert "0 projects' pages missing or stale" in log, log
         assert page_mtimes(output) == first
+        assert {name: (output / name).stat().st_mtime_ns
+                for name in UNCHANGING} == unchanging
 
         # one release removed while the master was down: its project's
         # pages, and no other

@@ -106,6 +106,19 @@ def write_atomically(path, data):
         raise
 
 
+def write_if_changed(path, data):
+    """:func:`write_atomically` unless *path* holds *data* already; True
+    when written."""
+    try:
+        with open(path, "rb") as existing:
+            if existing.read(len(data) + 1) == data:
+                return False
+    except OSError:
+        pass
+    write_atomically(path, data)
+    return True
+
+
 def link_atomically(path, target):
     """Make *path* a symbolic link to *target* (relative), replacing
     whatever link was there in one rename."""

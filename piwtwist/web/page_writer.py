@@ -633,10 +633,13 @@ class PageWriter(service.Service):
         await self._in_thread(self._write_static_files, pages)
 
     def _write_static_files(self, pages):
+        """Thread: pages and files that change only with an upgrade,
+        written only when they differ (a restart leaves their mtimes, so
+        mirrors and caches see nothing new)."""
         for path, data in pages.items():
-            layout.write_atomically(path, data)
+            layout.write_if_changed(path, data)
         for name in STATIC_FILES:
-            layout.write_atomically(self.output / name,
+            layout.write_if_changed(self.output / name,
                                     (templates_dir() / name).read_bytes())
 
     def _statistics_changed(self, figures):
