@@ -26,21 +26,39 @@ class Collector:
         self.collections.append(generation)
         return 0
 
+    def freeze(self):
+        self.collections.append("freeze")
 
-def test_young_collections_run_on_the_timer_while_it_runs():
+    def unfreeze(self):
+        self.collections.append("unfreeze")
+
+
+def test_each_generation_is_collected_on_its_timer_while_it_runs():
     clock, collector = task.Clock(), Collector()
-    tuning = CollectorTuning(clock, interval=1.0, thresholds=(5, 6, 7),
+    tuning = CollectorTuning(clock, young_interval=1.0, middle_interval=3.0,
+                             full_interval=6.0, thresholds=(5, 6, 7),
                              collector=collector)
     tuning.startService()
     assert collector.thresholds == (5, 6, 7)
     assert collector.collections == []
-    clock.pump([1.0] * 5)
-    assert collector.collections == [0] * 5
+    clock.pump([1.0] * 6)
+    assert sorted(collector.collections) == [0] * 6 + [1] * 2 + [2]
     tuning.stopService()
     assert collector.thresholds == (700, 10, 10)
-    clock.pump([1.0] * 5)
-    assert collector.collections == [0] * 5
+    clock.pump([1.0] * 6)
+    assert len(collector.collections) == 9
     assert not clock.getDelayedCalls()
+
+
+def test_what_the_master_made_to_start_is_frozen_until_it_stops():
+    clock, collector = task.Clock(), Collector()
+    tuning = CollectorTuning(clock, collector=collector)
+    tuning.startService()
+    tuning.freeze_startup()
+    tuning.freeze_startup()       # once
+    assert collector.collections == [2, "freeze"]
+    tuning.stopService()
+    assert collector.collections == [2, "freeze", "unfreeze"]
 
 
 def churn(objects, rounds):
@@ -67,7 +85,7 @@ def test_churn_grows_the_young_generation_unless_collected():
         assert gc.get_count()[0] < 1_000
         assert len(gc.get_objects(0)) > 90_000
         clock = task.Clock()
-        tuning = CollectorTuning(clock, interval=1.0)
+        tuning = CollectorTuning(clock, young_interval=1.0)
         tuning.startService()
         clock.advance(1.0)
         assert len(gc.get_objects(0)) < 1_000

@@ -178,7 +178,8 @@ class MasterService(service.MultiService):
         self.watchdog.setServiceParent(self)
         self.stall_detector = StallDetector(reactor)
         self.stall_detector.setServiceParent(self)
-        CollectorTuning(reactor).setServiceParent(self)
+        self.collector = CollectorTuning(reactor)
+        self.collector.setServiceParent(self)
         # page writing and statistics read through the pool's bulk lane,
         # which never holds its last connection: build recording, admin
         # actions and hits always have one (and are served first)
@@ -303,6 +304,7 @@ class MasterService(service.MultiService):
                       "on {endpoint}",
                       abis=", ".join(self.options["build-abi"]),
                       endpoint=self.options["builder-queue"])
+        self.collector.freeze_startup()
         notify_ready()
 
     def _terminate(self):
