@@ -154,3 +154,26 @@ def test_the_real_collector_is_timed():
     finally:
         detector.stopService()
     assert detector._gc_phase not in gc.callbacks
+
+
+def test_a_stall_says_whether_the_reactor_ran_through_it():
+    """A stall the reactor's thread ran through (its CPU time grew as much)
+    is code on the reactor; one it did not is the thread waiting for the
+    GIL or a core.  The log line says which."""
+    clock = task.Clock()
+    cpu = [0.0]
+    detector = StallDetector(clock, tick=0.05, interval=10, threshold=0.1,
+                             gc_callbacks=[], thread_timer=lambda: cpu[0])
+    detector.startService()
+    with Captured() as captured:
+        clock.pump([0.05] * 10)
+        cpu[0] += 0.01                    # ran 10 ms of a 300 ms stall
+        clock.advance(0.35)
+        clock.pump([0.05] * 200)          # first interval over
+        cpu[0] += 0.3                     # ran through this one
+        clock.advance(0.35)
+        clock.pump([0.05] * 200)
+    waiting, busy = [e["log_format"].format(**e) for e in captured.events]
+    assert "its thread ran 10 ms of that tick's 350 ms" in waiting
+    assert "its thread ran 300 ms of that tick's 350 ms" in busy
+    detector.stopService()

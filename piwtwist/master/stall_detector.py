@@ -14,7 +14,10 @@ delay seen is logged (a warning above ``threshold``) and starts again.
 Python's cyclic garbage collector stops every thread while it runs, and a
 full collection of a large heap takes hundreds of milliseconds: the
 longest collection of each interval is logged with the stall, so that an
-operator can tell the two causes apart.
+operator can tell the two causes apart.  So is how much of the longest
+stall the reactor's thread spent running (its CPU time): a stall it ran
+through is code on the reactor; one it did not is the thread waiting, for
+the GIL that another thread holds or for a core.
 """
 
 import gc
@@ -36,10 +39,17 @@ class StallDetector(service.Service):
     log = Logger()
 
     def __init__(self, clock, tick=0.05, interval=60.0, threshold=0.1,
-                 gc_callbacks=gc.callbacks, timer=time.perf_counter):
+                 gc_callbacks=gc.callbacks, timer=time.perf_counter,
+                 thread_timer=time.thread_time):
         self.clock = clock
         self.gc_callbacks = gc_callbacks
         self.timer = timer
+        self.thread_timer = thread_timer
+        #: the reactor thread's CPU time (seconds) from the scheduling of
+        #: the interval's longest-stalled tick to its running, and of the
+        #: last complete interval's
+        self.longest_running = self.last_longest_running = None
+        self._scheduled_cpu = None
         #: the longest garbage collection (seconds) of the interval under
         #: way, of the last complete one, and since the start
         self.gc_longest = 0.0
@@ -112,13 +122,16 @@ class StallDetector(service.Service):
 
     def _schedule(self):
         self._due = self.clock.seconds() + self.tick
+        self._scheduled_cpu = self.thread_timer()
         self._call = self.clock.callLater(self.tick, self._ticked)
 
     def _ticked(self):
         self._call = None
         now = self.clock.seconds()
         stall = now - self._due
-        self.longest = max(self.longest, stall)
+        if stall > self.longest or self.longest_running is None:
+            self.longest = max(self.longest, stall)
+            self.longest_running = self.thread_timer() - self._scheduled_cpu
         if stall > self.worst:
             self.worst, self.worst_at = stall, now
         if now - self._interval_started >= self.interval:
@@ -129,6 +142,10 @@ class StallDetector(service.Service):
 
     def _report(self, elapsed):
         self.last_longest, self.longest = self.longest, 0.0
+        self.last_longest_running, self.longest_running = \
+            self.longest_running, None
+        running = "?" if self.last_longest_running is None else \
+            f"{self.last_longest_running * 1000:.0f}"
         self.gc_last_longest, self.gc_longest = self.gc_longest, 0.0
         self.gc_last_generation, self.gc_longest_generation = \
             self.gc_longest_generation, None
@@ -138,11 +155,13 @@ class StallDetector(service.Service):
             self.log.warn(
                 "longest reactor stall in the last {elapsed:.0f}s: "
                 "{stall_ms:.0f} ms (more than {threshold_ms:.0f} ms: "
-                "something blocks the reactor); longest garbage "
+                "something blocks the reactor; its thread ran {running} "
+                "ms of that tick's {window_ms:.0f} ms); longest garbage "
                 "collection {gc_ms:.0f} ms (generation {generation}; "
                 "collections of generations 0/1/2: {collections})",
                 elapsed=elapsed, stall_ms=self.last_longest * 1000,
-                threshold_ms=self.threshold * 1000,
+                threshold_ms=self.threshold * 1000, running=running,
+                window_ms=(self.last_longest + self.tick) * 1000,
                 gc_ms=self.gc_last_longest * 1000,
                 generation=self.gc_last_generation,
                 collections=collections)
